@@ -1,0 +1,13 @@
+//! pare-fs: the layer stack of an image, the profiling FUSE view over it, and the
+//! profile journal that view writes.
+//!
+//! - [`layers`] resolves paths across overlay-style layer directories exactly as
+//!   kernel overlayfs does for the same `lowerdir=` (whiteouts, opaque dirs).
+//! - [`view`] serves that merged tree read-only through FUSE and reports the
+//!   first access of every kind to every path.
+//! - [`profile`] journals those accesses (append-only, crash tolerant) and reads
+//!   journals back.
+
+pub mod layers;
+pub mod profile;
+pub mod view;

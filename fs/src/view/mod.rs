@@ -1,0 +1,62 @@
+//! The profiling view: a read-only FUSE file system serving the merged tree
+//! of a [`LayerStack`] and reporting first accesses to a [`RecorderHandle`].
+
+mod fuse;
+mod inodes;
+mod mount;
+
+use std::time::Duration;
+
+pub use mount::{MountedView, ViewError, mount};
+
+use crate::layers::LayerStack;
+use crate::profile::RecorderHandle;
+
+/// How reads of regular files are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// FUSE passthrough when the kernel offers it, `pread` otherwise.
+    Auto,
+    /// Always `pread` through the FUSE daemon.
+    Pread,
+}
+
+/// Settings of one view.
+#[derive(Clone, Debug)]
+pub struct ViewOptions {
+    /// Serving threads (each with its own cloned `/dev/fuse` descriptor).
+    pub threads: usize,
+    /// How file reads are served.
+    pub read_mode: ReadMode,
+    /// How long the kernel may cache entries and attributes. The image never
+    /// changes under a view, so this is long.
+    pub ttl: Duration,
+    /// Name shown as the mount source.
+    pub fsname: String,
+}
+
+impl Default for ViewOptions {
+    fn default() -> Self {
+        ViewOptions {
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get().clamp(2, 8))
+                .unwrap_or(2),
+            read_mode: ReadMode::Auto,
+            ttl: Duration::from_secs(365 * 24 * 3600),
+            fsname: "pare".into(),
+        }
+    }
+}
+
+/// A view ready to mount: the layers, and where accesses go.
+pub struct View {
+    pub(crate) stack: LayerStack,
+    pub(crate) recorder: Option<RecorderHandle>,
+}
+
+impl View {
+    /// A view of `stack`; accesses go to `recorder` when there is one.
+    pub fn new(stack: LayerStack, recorder: Option<RecorderHandle>) -> View {
+        View { stack, recorder }
+    }
+}

@@ -1,0 +1,75 @@
+//! Prerequisites of privileged tests. A privileged test calls [`privileged`]
+//! first: when something is missing it fails under `CI=true` (a green CI never
+//! hides a skipped privileged test) and otherwise prints why and skips.
+
+use std::path::{Path, PathBuf};
+
+/// What a privileged test needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Effective uid 0.
+    Root,
+    /// `/dev/fuse`.
+    Fuse,
+    /// The overlay file system.
+    Overlay,
+    /// A command on `PATH` (e.g. `fuse-overlayfs`, `containerd`).
+    Command(&'static str),
+}
+
+fn missing(need: Need) -> Option<String> {
+    match need {
+        Need::Root if !rustix::process::geteuid().is_root() => Some("not running as root".into()),
+        Need::Fuse if !Path::new("/dev/fuse").exists() => Some("/dev/fuse is missing".into()),
+        Need::Overlay => {
+            let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+            (!fs.lines().any(|l| l.trim_end().ends_with("overlay")))
+                .then(|| "the kernel has no overlay file system".into())
+        }
+        Need::Command(cmd) if which(cmd).is_none() => Some(format!("{cmd} is not installed")),
+        _ => None,
+    }
+}
+
+/// Full path of `cmd` on `PATH`.
+pub fn which(cmd: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(cmd))
+        .find(|p| p.is_file())
+}
+
+/// Returns true when the test may run. When a need is missing: panics under
+/// `CI=true`, otherwise prints the reason and returns false (the test skips).
+pub fn privileged(test: &str, needs: &[Need]) -> bool {
+    let reasons: Vec<String> = needs.iter().filter_map(|n| missing(*n)).collect();
+    if reasons.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: {}", reasons.join(", "));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("privileged test cannot run under CI=true: {msg}");
+    }
+    eprintln!("SKIPPED {msg}");
+    false
+}
+
+/// Path of the `pare` binary built for these tests (`target/<profile>/pare`).
+pub fn pare_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("PARE_BIN") {
+        return PathBuf::from(path);
+    }
+    // tests run from target/<profile>/deps/<test>-<hash>
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("pare");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (make test does: cargo build --workspace)",
+        bin.display()
+    );
+    bin
+}

@@ -1,0 +1,32 @@
+//! Subcommands, one file each.
+
+mod mount;
+mod profile;
+
+use clap::{Parser, Subcommand};
+
+/// pare makes container images minimal by watching what they actually use.
+#[derive(Debug, Parser)]
+#[command(name = "pare", version, about)]
+pub struct Cli {
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Mount(mount::MountArgs),
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Mount(args) => mount::run(args),
+        Command::Profile(cmd) => profile::run(cmd),
+    }
+}
