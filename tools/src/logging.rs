@@ -10,7 +10,9 @@ const DEFAULT_FILTER: &str = "info,fuser=error";
 pub fn init(level: Option<&str>) {
     let filter = match level {
         Some(level) => EnvFilter::new(level),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER)),
+        None => {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

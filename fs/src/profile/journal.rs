@@ -83,7 +83,9 @@ pub fn decode_header(bytes: &[u8]) -> Result<(Header, usize), HeaderError> {
     }
     let n = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
     if n > MAX_HEADER_JSON_LEN {
-        return Err(HeaderError::Json(format!("header of {n} bytes is too large")));
+        return Err(HeaderError::Json(format!(
+            "header of {n} bytes is too large"
+        )));
     }
     let end = FIXED_HEADER_LEN + n;
     if bytes.len() < end {
@@ -167,12 +169,18 @@ mod tests {
 
     #[test]
     fn header_errors_are_specific() {
-        assert_eq!(decode_header(b"NOTAPROFILE....."), Err(HeaderError::BadMagic));
+        assert_eq!(
+            decode_header(b"NOTAPROFILE....."),
+            Err(HeaderError::BadMagic)
+        );
         let mut bytes = encode_header(&header());
         bytes[8] = 9;
         assert_eq!(decode_header(&bytes), Err(HeaderError::Version(9)));
         let bytes = encode_header(&header());
-        assert_eq!(decode_header(&bytes[..bytes.len() - 1]), Err(HeaderError::Truncated));
+        assert_eq!(
+            decode_header(&bytes[..bytes.len() - 1]),
+            Err(HeaderError::Truncated)
+        );
     }
 
     #[test]
@@ -185,7 +193,10 @@ mod tests {
         let (records, end) = split_records(&bytes, start);
         assert_eq!(end, whole);
         assert_eq!(records.len(), 2);
-        assert_eq!((records[1].ns, records[1].kind, records[1].path), (7, 4, &b"/bin/sh"[..]));
+        assert_eq!(
+            (records[1].ns, records[1].kind, records[1].path),
+            (7, 4, &b"/bin/sh"[..])
+        );
 
         // Every truncation point inside the last record drops exactly that record.
         let first_end = records[1].offset;

@@ -114,6 +114,9 @@ mod tests {
     #[test]
     fn from_rel_adds_the_leading_slash() {
         assert_eq!(ImagePath::from_rel(Path::new("")).as_bytes(), b"/");
-        assert_eq!(ImagePath::from_rel(Path::new("usr/lib")).as_bytes(), b"/usr/lib");
+        assert_eq!(
+            ImagePath::from_rel(Path::new("usr/lib")).as_bytes(),
+            b"/usr/lib"
+        );
     }
 }

@@ -101,8 +101,7 @@ impl Recorder {
         let mut seen: HashMap<Arc<Path>, KindSet> = HashMap::new();
         let (file, base_ns) = match existing {
             Some(bytes) => {
-                let profile =
-                    super::read_bytes(path, &bytes).map_err(RecorderError::Existing)?;
+                let profile = super::read_bytes(path, &bytes).map_err(RecorderError::Existing)?;
                 if let (Some(found), Some(wanted)) = (&profile.header.image, &image) {
                     if found != wanted {
                         return Err(RecorderError::OtherImage {
@@ -267,7 +266,8 @@ mod tests {
     fn journals_each_path_and_kind_once_and_appends_across_runs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p");
-        let rec = Recorder::open(&path, Some("sha256:x".into()), Duration::from_millis(10)).unwrap();
+        let rec =
+            Recorder::open(&path, Some("sha256:x".into()), Duration::from_millis(10)).unwrap();
         let h = rec.handle();
         h.record(&rel(""), AccessKind::Readdir);
         h.record(&rel("bin/sh"), AccessKind::Lookup);
@@ -276,7 +276,8 @@ mod tests {
         drop(h);
         assert_eq!(rec.finish().unwrap(), 3);
 
-        let rec = Recorder::open(&path, Some("sha256:x".into()), Duration::from_millis(10)).unwrap();
+        let rec =
+            Recorder::open(&path, Some("sha256:x".into()), Duration::from_millis(10)).unwrap();
         let h = rec.handle();
         h.record(&rel("bin/sh"), AccessKind::Exec);
         h.record(&rel("etc/passwd"), AccessKind::Read);
@@ -309,8 +310,8 @@ mod tests {
             .finish()
             .unwrap();
         let before = std::fs::read(&path).unwrap();
-        let err = Recorder::open(&path, Some("sha256:b".into()), Duration::from_millis(10))
-            .unwrap_err();
+        let err =
+            Recorder::open(&path, Some("sha256:b".into()), Duration::from_millis(10)).unwrap_err();
         assert!(matches!(err, RecorderError::OtherImage { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), before);
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 
 use super::inodes::{DirEntry, Inodes, Node, file_type};
@@ -300,7 +300,12 @@ impl Filesystem for ViewFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let file = self.handles.read().expect("handles lock").get(&fh.0).cloned();
+        let file = self
+            .handles
+            .read()
+            .expect("handles lock")
+            .get(&fh.0)
+            .cloned();
         let Some(file) = file else {
             return reply.error(Errno::EBADF);
         };
@@ -431,7 +436,14 @@ impl Filesystem for ViewFs {
                 continue;
             };
             let next = FIRST_ENTRY_OFFSET + i as u64 + 1;
-            if reply.add(entry.ino, next, &entry.name, &self.ttl, &child.attr, Generation(0)) {
+            if reply.add(
+                entry.ino,
+                next,
+                &entry.name,
+                &self.ttl,
+                &child.attr,
+                Generation(0),
+            ) {
                 break;
             }
         }

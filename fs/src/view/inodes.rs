@@ -183,7 +183,10 @@ mod tests {
             let fuse = super::fuse_rdev(glibc);
             let back_major = (fuse >> 8) & 0xfff;
             let back_minor = (fuse & 0xff) | ((fuse >> 12) & 0xfff00);
-            assert_eq!((u64::from(back_major), u64::from(back_minor)), (major, minor));
+            assert_eq!(
+                (u64::from(back_major), u64::from(back_minor)),
+                (major, minor)
+            );
         }
     }
 }

@@ -17,7 +17,9 @@ pub enum ViewError {
     #[error("mounting a view needs root (it mounts FUSE with allow_other, suid and dev)")]
     NotRoot,
     /// `/dev/fuse` is missing.
-    #[error("/dev/fuse is missing: load the fuse module (modprobe fuse) or give the container the device")]
+    #[error(
+        "/dev/fuse is missing: load the fuse module (modprobe fuse) or give the container the device"
+    )]
     NoFuseDevice,
     /// The mountpoint is missing or not a directory.
     #[error("mountpoint {path}: {source}")]
@@ -119,7 +121,8 @@ impl MountedView {
             // Already unmounted from outside is fine; anything else is reported.
             if source.raw_os_error() != Some(libc::EINVAL) {
                 tracing::warn!(mountpoint = %self.mountpoint.display(), error = %source, "unmount failed; detaching");
-                let _ = rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH);
+                let _ =
+                    rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH);
             }
         }
         self.wait()
@@ -178,7 +181,12 @@ fn unescape_mountinfo(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -194,7 +202,10 @@ fn unescape_mountinfo(field: &str) -> String {
 mod tests {
     #[test]
     fn mountinfo_escapes_are_undone() {
-        assert_eq!(super::unescape_mountinfo(r"/mnt/a\040b\134c"), "/mnt/a b\\c");
+        assert_eq!(
+            super::unescape_mountinfo(r"/mnt/a\040b\134c"),
+            "/mnt/a b\\c"
+        );
         assert_eq!(super::unescape_mountinfo("/plain"), "/plain");
     }
 }

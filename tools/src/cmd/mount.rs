@@ -47,8 +47,12 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let stack = LayerStack::open(dirs)?;
     let recorder = match &args.profile {
         Some(path) => Some(
-            Recorder::open(path, args.image.clone(), Duration::from_millis(args.flush_ms.max(1)))
-                .with_context(|| format!("cannot record the profile in {}", path.display()))?,
+            Recorder::open(
+                path,
+                args.image.clone(),
+                Duration::from_millis(args.flush_ms.max(1)),
+            )
+            .with_context(|| format!("cannot record the profile in {}", path.display()))?,
         ),
         None => None,
     };
@@ -64,9 +68,11 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let mounted = view::mount(view, &args.mountpoint, &opts)?;
 
     let (tx, rx) = mpsc::channel();
-    let mut signals =
-        signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-            .context("cannot install signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot install signal handlers")?;
     let signal_handle = signals.handle();
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {

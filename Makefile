@@ -1,0 +1,29 @@
+# The two commands of the README: `make test` and `make demo`. Both set up a
+# fresh machine first (Debian packages, kernel modules).
+
+CARGO ?= cargo
+
+.PHONY: setup build test demo bench lint
+
+setup:
+	scripts/setup.sh
+
+build: setup
+	$(CARGO) build --workspace --all-targets
+
+# Every test, privileged ones included (they fail, not skip, under CI=true).
+test: setup
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace --no-fail-fast
+
+demo: setup
+	$(CARGO) build --release -p pare
+	scripts/demo.sh
+
+bench: setup
+	$(CARGO) build --release --workspace
+	$(CARGO) run --release -p pare-benches --bin view
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
