@@ -1,0 +1,197 @@
+//! The profile a view records: a scripted set of accesses gives exactly the
+//! expected journal, and SIGKILL mid-run leaves a readable journal.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pare_fs::profile::{self, AccessKind};
+use pare_tests::prereq::{Need, pare_bin, privileged};
+
+const NEEDS: &[Need] = &[Need::Root, Need::Fuse];
+
+/// `pare mount` running as a child; unmounts and reaps it when dropped.
+struct PareMount {
+    child: Option<Child>,
+    mountpoint: PathBuf,
+}
+
+impl PareMount {
+    fn start(lowerdirs: &[&Path], mountpoint: &Path, profile: &Path) -> PareMount {
+        let dirs: Vec<String> = lowerdirs.iter().map(|d| d.display().to_string()).collect();
+        let child = Command::new(pare_bin())
+            .args(["mount", "--profile"])
+            .arg(profile)
+            .arg(dirs.join(":"))
+            .arg(mountpoint)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn pare mount");
+        let mount = PareMount {
+            child: Some(child),
+            mountpoint: mountpoint.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pare_fs::view::is_mountpoint(&std::fs::canonicalize(mountpoint).unwrap()) {
+            assert!(Instant::now() < deadline, "pare mount did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        mount
+    }
+
+    /// Unmounts like an operator would and expects a clean exit.
+    fn stop(mut self) {
+        let status = Command::new("umount").arg(&self.mountpoint).status().unwrap();
+        assert!(status.success(), "umount failed");
+        let status = self.child.take().unwrap().wait().unwrap();
+        assert!(status.success(), "pare mount exited with {status}");
+    }
+}
+
+impl Drop for PareMount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn image(root: &Path) -> (PathBuf, PathBuf) {
+    let (top, base) = (root.join("top"), root.join("base"));
+    for dir in ["etc", "bin", "data/sub"] {
+        std::fs::create_dir_all(base.join(dir)).unwrap();
+    }
+    std::fs::create_dir_all(top.join("etc")).unwrap();
+    std::fs::write(base.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+    std::fs::write(top.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    std::fs::write(base.join("data/a"), "a").unwrap();
+    std::fs::write(base.join("unused"), "never touched").unwrap();
+    let script = top.join("bin/hello.sh");
+    std::fs::create_dir_all(script.parent().unwrap()).unwrap();
+    std::fs::write(&script, "#!/bin/sh\necho hello\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("etc/passwd", top.join("link")).unwrap();
+    std::os::unix::fs::symlink("/etc/hosts", top.join("abs-link")).unwrap();
+    (top, base)
+}
+
+fn entries(profile: &Path) -> Vec<(String, Vec<AccessKind>)> {
+    profile::read(profile)
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| (e.path.to_string(), e.accesses))
+        .collect()
+}
+
+#[test]
+fn privileged_scripted_accesses_give_exactly_the_expected_journal() {
+    if !privileged("privileged_scripted_accesses_give_exactly_the_expected_journal", NEEDS) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (top, base) = image(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let journal = tmp.path().join("profile");
+    let view = PareMount::start(&[&top, &base], &mnt, &journal);
+
+    std::fs::metadata(mnt.join("etc/passwd")).unwrap(); // stat: lookups along the path
+    std::fs::read(mnt.join("etc/passwd")).unwrap(); // read
+    std::fs::read(mnt.join("etc/passwd")).unwrap(); // repeated: nothing new
+    std::fs::metadata(mnt.join("etc/passwd")).unwrap(); // repeated: nothing new
+    assert_eq!(std::fs::read_link(mnt.join("link")).unwrap(), Path::new("etc/passwd"));
+    std::fs::read(mnt.join("link")).unwrap(); // through a symlink to a file already read
+    assert!(std::fs::metadata(mnt.join("missing")).is_err()); // absent: not journaled
+    let out = Command::new(mnt.join("bin/hello.sh")).output().unwrap(); // exec, then sh reads it
+    assert_eq!(out.stdout, b"hello\n");
+    // (a std DirEntry keeps its directory open: count, don't keep them)
+    assert_eq!(std::fs::read_dir(mnt.join("data")).unwrap().count(), 2);
+    view.stop();
+
+    use AccessKind::*;
+    let want: Vec<(String, Vec<AccessKind>)> = vec![
+        ("/etc".into(), vec![Lookup]),
+        ("/etc/passwd".into(), vec![Lookup, Read]),
+        ("/link".into(), vec![Lookup, Readlink]),
+        ("/bin".into(), vec![Lookup]),
+        ("/bin/hello.sh".into(), vec![Lookup, Exec, Read]),
+        ("/data".into(), vec![Lookup, Readdir]),
+    ];
+    assert_eq!(entries(&journal), want);
+
+    // The JSON of `pare profile show --json` carries the same, in the same order.
+    let out = Command::new(pare_bin())
+        .args(["profile", "show", "--json"])
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["image"], serde_json::Value::Null);
+    let paths: Vec<&str> = json["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, want.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>());
+    assert_eq!(json["entries"][4]["accesses"], serde_json::json!(["lookup", "exec", "read"]));
+    assert!(json["entries"][0]["first_access_ns"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn privileged_sigkill_mid_run_leaves_a_readable_journal() {
+    if !privileged("privileged_sigkill_mid_run_leaves_a_readable_journal", NEEDS) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (top, base) = image(tmp.path());
+    let many = base.join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..20_000 {
+        std::fs::write(many.join(format!("f{i}")), "x").unwrap();
+    }
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let journal = tmp.path().join("profile");
+    let mut view = PareMount::start(&[&top, &base], &mnt, &journal);
+
+    // Accesses well before the kill must survive it (the flush interval is 100 ms).
+    std::fs::read(mnt.join("etc/passwd")).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+
+    // Keep the view busy journaling while it is killed.
+    let busy_dir = mnt.join("many");
+    let busy = std::thread::spawn(move || {
+        for i in 0..20_000 {
+            if std::fs::metadata(busy_dir.join(format!("f{i}"))).is_err() {
+                break; // the daemon is gone
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    let mut child = view.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    busy.join().unwrap();
+
+    let out = Command::new(pare_bin())
+        .args(["profile", "show", "--json"])
+        .arg(&journal)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "profile unreadable after SIGKILL: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = entries(&journal);
+    assert!(got.contains(&("/etc/passwd".into(), vec![AccessKind::Lookup, AccessKind::Read])));
+    let busy_entries = got.iter().filter(|(p, _)| p.starts_with("/many/")).count();
+    assert!(busy_entries > 0, "accesses during the run were journaled before the kill");
+}
