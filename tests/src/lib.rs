@@ -1,4 +1,9 @@
 //! Shared helpers of the end-to-end tests: prerequisites of privileged tests,
-//! the `pare` binary, and mounts that are always cleaned up.
+//! the `pare` binary, fixture layer stacks, tree walks and mounts that are
+//! always cleaned up.
 
+pub mod fixture;
+pub mod layer;
+pub mod mounts;
 pub mod prereq;
+pub mod walk;

@@ -3,61 +3,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use pare_fs::profile::{self, AccessKind};
 use pare_tests::prereq::{Need, pare_bin, privileged};
+use pare_tests::view::PareMount;
 
 const NEEDS: &[Need] = &[Need::Root, Need::Fuse];
-
-/// `pare mount` running as a child; unmounts and reaps it when dropped.
-struct PareMount {
-    child: Option<Child>,
-    mountpoint: PathBuf,
-}
-
-impl PareMount {
-    fn start(lowerdirs: &[&Path], mountpoint: &Path, profile: &Path) -> PareMount {
-        let dirs: Vec<String> = lowerdirs.iter().map(|d| d.display().to_string()).collect();
-        let child = Command::new(pare_bin())
-            .args(["mount", "--profile"])
-            .arg(profile)
-            .arg(dirs.join(":"))
-            .arg(mountpoint)
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn pare mount");
-        let mount = PareMount {
-            child: Some(child),
-            mountpoint: mountpoint.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !pare_fs::view::is_mountpoint(&std::fs::canonicalize(mountpoint).unwrap()) {
-            assert!(Instant::now() < deadline, "pare mount did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        mount
-    }
-
-    /// Unmounts like an operator would and expects a clean exit.
-    fn stop(mut self) {
-        let status = Command::new("umount").arg(&self.mountpoint).status().unwrap();
-        assert!(status.success(), "umount failed");
-        let status = self.child.take().unwrap().wait().unwrap();
-        assert!(status.success(), "pare mount exited with {status}");
-    }
-}
-
-impl Drop for PareMount {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 fn image(root: &Path) -> (PathBuf, PathBuf) {
     let (top, base) = (root.join("top"), root.join("base"));
@@ -158,7 +111,7 @@ fn privileged_sigkill_mid_run_leaves_a_readable_journal() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let journal = tmp.path().join("profile");
-    let mut view = PareMount::start(&[&top, &base], &mnt, &journal);
+    let view = PareMount::start(&[&top, &base], &mnt, &journal);
 
     // Accesses well before the kill must survive it (the flush interval is 100 ms).
     std::fs::read(mnt.join("etc/passwd")).unwrap();
@@ -174,9 +127,7 @@ fn privileged_sigkill_mid_run_leaves_a_readable_journal() {
         }
     });
     std::thread::sleep(Duration::from_millis(150));
-    let mut child = view.child.take().unwrap();
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    view.kill(); // SIGKILL
     let _ = Command::new("umount").arg("-l").arg(&mnt).status();
     busy.join().unwrap();
 
