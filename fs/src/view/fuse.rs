@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request,
 };
 
 use super::inodes::{DirEntry, Inodes, Node, file_type};
@@ -133,7 +133,7 @@ impl ViewFs {
         let mut backing = node.backing.lock().expect("backing lock");
         if let Some((id, count)) = backing.as_mut() {
             *count += 1;
-            reply.opened_passthrough(FileHandle(0), FopenFlags::empty(), id);
+            reply.opened_passthrough(FileHandle(0), FopenFlags::FOPEN_NOFLUSH, id);
             return Ok(());
         }
         let file = match self.open_layer_file(node) {
@@ -142,7 +142,7 @@ impl ViewFs {
         };
         match reply.open_backing(&file) {
             Ok(id) => {
-                reply.opened_passthrough(FileHandle(0), FopenFlags::empty(), &id);
+                reply.opened_passthrough(FileHandle(0), FopenFlags::FOPEN_NOFLUSH, &id);
                 *backing = Some((id, 1));
                 Ok(())
             }
@@ -167,7 +167,10 @@ impl ViewFs {
                     .write()
                     .expect("handles lock")
                     .insert(fh, Arc::new(file));
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                );
             }
             Err(e) => reply.error(io_errno(e)),
         }
@@ -330,7 +333,24 @@ impl Filesystem for ViewFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush in a read-only view; ENOSYS makes the kernel stop
+        // sending FLUSH on every close.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // What overlayfs answers for regular files (isatty() and the like).
+        reply.error(Errno::ENOTTY);
     }
 
     fn release(
