@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use pare_fs::profile::{self, AccessKind};
+use pare_tests::mounts::PareMount;
 use pare_tests::prereq::{Need, pare_bin, privileged};
-use pare_tests::view::PareMount;
 
 const NEEDS: &[Need] = &[Need::Root, Need::Fuse];
 
@@ -31,6 +31,18 @@ fn image(root: &Path) -> (PathBuf, PathBuf) {
     (top, base)
 }
 
+fn start(top: &Path, base: &Path, mnt: &Path, journal: &Path) -> PareMount {
+    let journal = journal.to_str().unwrap();
+    let log = mnt.with_extension("log");
+    PareMount::start(
+        &[top.to_path_buf(), base.to_path_buf()],
+        mnt,
+        &["--profile", journal],
+        &log,
+    )
+    .unwrap()
+}
+
 fn entries(profile: &Path) -> Vec<(String, Vec<AccessKind>)> {
     profile::read(profile)
         .unwrap()
@@ -42,7 +54,10 @@ fn entries(profile: &Path) -> Vec<(String, Vec<AccessKind>)> {
 
 #[test]
 fn privileged_scripted_accesses_give_exactly_the_expected_journal() {
-    if !privileged("privileged_scripted_accesses_give_exactly_the_expected_journal", NEEDS) {
+    if !privileged(
+        "privileged_scripted_accesses_give_exactly_the_expected_journal",
+        NEEDS,
+    ) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -50,20 +65,23 @@ fn privileged_scripted_accesses_give_exactly_the_expected_journal() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let journal = tmp.path().join("profile");
-    let view = PareMount::start(&[&top, &base], &mnt, &journal);
+    let view = start(&top, &base, &mnt, &journal);
 
     std::fs::metadata(mnt.join("etc/passwd")).unwrap(); // stat: lookups along the path
     std::fs::read(mnt.join("etc/passwd")).unwrap(); // read
     std::fs::read(mnt.join("etc/passwd")).unwrap(); // repeated: nothing new
     std::fs::metadata(mnt.join("etc/passwd")).unwrap(); // repeated: nothing new
-    assert_eq!(std::fs::read_link(mnt.join("link")).unwrap(), Path::new("etc/passwd"));
+    assert_eq!(
+        std::fs::read_link(mnt.join("link")).unwrap(),
+        Path::new("etc/passwd")
+    );
     std::fs::read(mnt.join("link")).unwrap(); // through a symlink to a file already read
     assert!(std::fs::metadata(mnt.join("missing")).is_err()); // absent: not journaled
     let out = Command::new(mnt.join("bin/hello.sh")).output().unwrap(); // exec, then sh reads it
     assert_eq!(out.stdout, b"hello\n");
     // (a std DirEntry keeps its directory open: count, don't keep them)
     assert_eq!(std::fs::read_dir(mnt.join("data")).unwrap().count(), 2);
-    view.stop();
+    view.finish().unwrap();
 
     use AccessKind::*;
     let want: Vec<(String, Vec<AccessKind>)> = vec![
@@ -91,14 +109,23 @@ fn privileged_scripted_accesses_give_exactly_the_expected_journal() {
         .iter()
         .map(|e| e["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, want.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>());
-    assert_eq!(json["entries"][4]["accesses"], serde_json::json!(["lookup", "exec", "read"]));
+    assert_eq!(
+        paths,
+        want.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        json["entries"][4]["accesses"],
+        serde_json::json!(["lookup", "exec", "read"])
+    );
     assert!(json["entries"][0]["first_access_ns"].as_u64().unwrap() > 0);
 }
 
 #[test]
 fn privileged_sigkill_mid_run_leaves_a_readable_journal() {
-    if !privileged("privileged_sigkill_mid_run_leaves_a_readable_journal", NEEDS) {
+    if !privileged(
+        "privileged_sigkill_mid_run_leaves_a_readable_journal",
+        NEEDS,
+    ) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -111,7 +138,7 @@ fn privileged_sigkill_mid_run_leaves_a_readable_journal() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let journal = tmp.path().join("profile");
-    let view = PareMount::start(&[&top, &base], &mnt, &journal);
+    let view = start(&top, &base, &mnt, &journal);
 
     // Accesses well before the kill must survive it (the flush interval is 100 ms).
     std::fs::read(mnt.join("etc/passwd")).unwrap();
@@ -127,7 +154,7 @@ fn privileged_sigkill_mid_run_leaves_a_readable_journal() {
         }
     });
     std::thread::sleep(Duration::from_millis(150));
-    view.kill(); // SIGKILL
+    view.kill().unwrap();
     let _ = Command::new("umount").arg("-l").arg(&mnt).status();
     busy.join().unwrap();
 
@@ -142,7 +169,13 @@ fn privileged_sigkill_mid_run_leaves_a_readable_journal() {
         String::from_utf8_lossy(&out.stderr)
     );
     let got = entries(&journal);
-    assert!(got.contains(&("/etc/passwd".into(), vec![AccessKind::Lookup, AccessKind::Read])));
+    assert!(got.contains(&(
+        "/etc/passwd".into(),
+        vec![AccessKind::Lookup, AccessKind::Read]
+    )));
     let busy_entries = got.iter().filter(|(p, _)| p.starts_with("/many/")).count();
-    assert!(busy_entries > 0, "accesses during the run were journaled before the kill");
+    assert!(
+        busy_entries > 0,
+        "accesses during the run were journaled before the kill"
+    );
 }

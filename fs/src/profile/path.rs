@@ -96,7 +96,8 @@ mod tests {
 
     #[test]
     fn refuses_hostile_paths() {
-        let cases: [(&[u8], fn(String) -> PathError); 7] = [
+        type Want = fn(String) -> PathError;
+        let cases: [(&[u8], Want); 7] = [
             (b"usr/bin", PathError::NotAbsolute),
             (b"", PathError::NotAbsolute),
             (b"/usr/\0bin", PathError::Nul),

@@ -195,12 +195,12 @@ impl Filesystem for ViewFs {
         }
         let _ = config.set_max_background(64);
         let offered = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
-        if self.read_mode == ReadMode::Auto && offered {
-            if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-                && config.set_max_stack_depth(1).is_ok()
-            {
-                self.passthrough = true;
-            }
+        if self.read_mode == ReadMode::Auto
+            && offered
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough = true;
         }
         if self.passthrough {
             tracing::info!("file reads use FUSE passthrough");

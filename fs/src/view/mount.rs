@@ -75,6 +75,9 @@ pub fn mount(view: View, mountpoint: &Path, opts: &ViewOptions) -> Result<Mounte
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
         MountOption::Subtype("pare".into()),
+        // fuser's direct mount(2) drops Subtype; the kernel option keeps it
+        // (the mount shows as fuse.pare).
+        MountOption::CUSTOM("subtype=pare".into()),
         MountOption::RO,
         MountOption::Dev,
         MountOption::Suid,
