@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::journal::{self, Header};
 use super::{Access, AccessKind, KindSet, ReadError};
@@ -196,33 +196,24 @@ struct Writer {
 }
 
 impl Writer {
+    /// Blocks for the first event of a burst, then sleeps out the flush
+    /// interval and drains the channel: senders never have to wake the writer
+    /// more than once per interval.
     fn run(mut self) -> Result<u64, RecorderError> {
         let mut buf = Vec::with_capacity(64 * 1024);
-        let mut deadline: Option<Instant> = None;
         let mut written = 0u64;
-        loop {
-            let received = match deadline {
-                Some(at) => self.rx.recv_deadline(at),
-                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match received {
-                Ok(access) => {
-                    if self.push(&mut buf, access) {
-                        written += 1;
-                        deadline.get_or_insert_with(|| Instant::now() + self.flush);
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.write(&mut buf)?;
-                    deadline = None;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.write(&mut buf)?;
-                    self.file.sync_all().map_err(|e| self.io_err(e))?;
-                    return Ok(written);
-                }
+        let rx = self.rx.clone();
+        while let Ok(first) = rx.recv() {
+            written += u64::from(self.push(&mut buf, first));
+            std::thread::sleep(self.flush);
+            for access in rx.try_iter() {
+                written += u64::from(self.push(&mut buf, access));
             }
+            self.write(&mut buf)?;
         }
+        self.write(&mut buf)?;
+        self.file.sync_all().map_err(|e| self.io_err(e))?;
+        Ok(written)
     }
 
     fn push(&mut self, buf: &mut Vec<u8>, access: Access) -> bool {

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -39,8 +39,12 @@ pub(crate) struct ViewFs {
     read_mode: ReadMode,
     passthrough: bool,
     passthrough_failed: AtomicBool,
+    idle_backings: AtomicUsize,
     namelen: u64,
 }
+
+/// Most idle passthrough backing files kept registered with the kernel.
+const MAX_IDLE_BACKINGS: usize = 4096;
 
 impl ViewFs {
     pub(crate) fn new(view: View, opts: &ViewOptions) -> std::io::Result<ViewFs> {
@@ -63,6 +67,7 @@ impl ViewFs {
             read_mode: opts.read_mode,
             passthrough: false,
             passthrough_failed: AtomicBool::new(false),
+            idle_backings: AtomicUsize::new(0),
             namelen,
         })
     }
@@ -132,6 +137,9 @@ impl ViewFs {
     fn open_passthrough(&self, node: &Node, reply: ReplyOpen) -> Result<(), (ReplyOpen, Errno)> {
         let mut backing = node.backing.lock().expect("backing lock");
         if let Some((id, count)) = backing.as_mut() {
+            if *count == 0 {
+                self.idle_backings.fetch_sub(1, Ordering::Relaxed);
+            }
             *count += 1;
             reply.opened_passthrough(FileHandle(0), FopenFlags::FOPEN_NOFLUSH, id);
             return Ok(());
@@ -157,6 +165,15 @@ impl ViewFs {
                 Err((reply, Errno::EAGAIN))
             }
         }
+    }
+
+    /// Claims a slot for one more idle backing file; false when all are taken.
+    fn keep_idle_backing(&self) -> bool {
+        self.idle_backings
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < MAX_IDLE_BACKINGS).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     fn open_pread(&self, node: &Node, reply: ReplyOpen) {
@@ -368,7 +385,9 @@ impl Filesystem for ViewFs {
                 let mut backing = node.backing.lock().expect("backing lock");
                 if let Some((_, count)) = backing.as_mut() {
                     *count -= 1;
-                    if *count == 0 {
+                    // Keep a bounded number of idle backing files registered, so
+                    // that reopening a file costs no open(2) and no ioctls.
+                    if *count == 0 && !self.keep_idle_backing() {
                         *backing = None;
                     }
                 }
@@ -379,15 +398,10 @@ impl Filesystem for ViewFs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino) {
-            Ok(node) if matches!(node.resolved, Resolved::Dir { .. }) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
-            Ok(_) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(e),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS makes the kernel stop sending OPENDIR and RELEASEDIR: two
+        // round trips less per directory. Listings are recorded in readdir.
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
