@@ -1,0 +1,222 @@
+//! The daemon's configuration: a TOML file, overridden by command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Everything the daemon can be told. Every field has a default.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// State directory: `metadata.db`, `snapshots/`, `views/`, `profiles/`.
+    pub root: PathBuf,
+    /// Unix socket containerd connects to.
+    pub address: PathBuf,
+    /// Permission bits of the socket, as an octal string ("0600", "0660").
+    pub socket_mode: String,
+    /// Group owning the socket (name or numeric id); none keeps root's group.
+    pub socket_group: Option<String>,
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter).
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Profiling rules.
+    pub profile: ProfileConfig,
+    /// View settings.
+    pub view: ViewConfig,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which containers are profiled, and how often journals are flushed.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// Record profiles at all.
+    pub enabled: bool,
+    /// containerd namespaces whose containers are not profiled.
+    pub disabled_namespaces: Vec<String>,
+    /// How long an access may wait in memory before it is written, in ms.
+    pub flush_interval_ms: u64,
+}
+
+/// How views are served.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ViewConfig {
+    /// Serving threads per view.
+    pub threads: usize,
+    /// Use FUSE passthrough for file reads when the kernel offers it.
+    pub passthrough: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/pare"),
+            address: PathBuf::from("/run/pare/snapshotter.sock"),
+            socket_mode: "0600".into(),
+            socket_group: None,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            profile: ProfileConfig::default(),
+            view: ViewConfig::default(),
+        }
+    }
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        ProfileConfig {
+            enabled: true,
+            disabled_namespaces: Vec::new(),
+            flush_interval_ms: 100,
+        }
+    }
+}
+
+impl Default for ViewConfig {
+    fn default() -> Self {
+        ViewConfig {
+            threads: 2,
+            passthrough: true,
+        }
+    }
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values a file can get wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.socket_mode_bits()?;
+        if self.view.threads == 0 {
+            return Err(ConfigError::Invalid(
+                "view.threads must be at least 1".into(),
+            ));
+        }
+        if self.profile.flush_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "profile.flush_interval_ms must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The socket mode as bits.
+    pub fn socket_mode_bits(&self) -> Result<u32, ConfigError> {
+        u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "socket_mode {:?} is not an octal permission like \"0660\"",
+                    self.socket_mode
+                ))
+            })
+    }
+
+    /// Whether containers of `namespace` are profiled.
+    pub fn profiles(&self, namespace: &str) -> bool {
+        self.profile.enabled
+            && !self
+                .profile
+                .disabled_namespaces
+                .iter()
+                .any(|n| n == namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses_and_rules_apply_per_namespace() {
+        let config: Config = toml::from_str(
+            r#"
+            root = "/srv/pare"
+            address = "/run/p.sock"
+            socket_mode = "0660"
+            socket_group = "containerd"
+            log_format = "json"
+            [profile]
+            disabled_namespaces = ["k8s.io"]
+            flush_interval_ms = 50
+            [view]
+            threads = 4
+            passthrough = false
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.root, PathBuf::from("/srv/pare"));
+        assert_eq!(config.socket_mode_bits().unwrap(), 0o660);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert!(config.profiles("default"));
+        assert!(!config.profiles("k8s.io"));
+        assert_eq!(config.view.threads, 4);
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        assert!(toml::from_str::<Config>("rooot = \"/x\"").is_err());
+        let bad_mode = Config {
+            socket_mode: "rw-rw----".into(),
+            ..Config::default()
+        };
+        assert!(
+            bad_mode
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("octal")
+        );
+        let off: Config = toml::from_str("[profile]\nenabled = false").unwrap();
+        assert!(!off.profiles("default"));
+    }
+}

@@ -1,0 +1,101 @@
+//! Errors of the snapshotter and the gRPC codes containerd expects for them.
+
+use std::path::PathBuf;
+
+use containerd_snapshots::tonic::{Code, Status};
+
+/// Why a snapshot operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No snapshot has that key.
+    #[error("snapshot {0} does not exist")]
+    NotFound(String),
+    /// A snapshot with that key exists already.
+    #[error("snapshot {0} already exists")]
+    AlreadyExists(String),
+    /// The snapshot is not in the state the operation needs.
+    #[error("snapshot {key}: {why}")]
+    FailedPrecondition {
+        /// The snapshot.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The request itself is invalid.
+    #[error("invalid request: {0}")]
+    InvalidArgument(String),
+    /// The metadata store failed.
+    #[error("metadata store: {0}")]
+    Store(String),
+    /// A file system operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A view could not be mounted or unmounted.
+    #[error("view for {chain}: {why}")]
+    View {
+        /// The image chain.
+        chain: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with its path.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+
+    /// A failed precondition on `key`.
+    pub fn precondition(key: &str, why: impl Into<String>) -> Error {
+        Error::FailedPrecondition {
+            key: key.to_string(),
+            why: why.into(),
+        }
+    }
+
+    /// The gRPC code containerd maps back to its errdefs.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Store(_) | Error::Io { .. } | Error::View { .. } => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+macro_rules! store_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Error {
+                Error::Store(e.to_string())
+            }
+        }
+    )*};
+}
+store_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    serde_json::Error
+);
+
+/// Result of snapshot operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

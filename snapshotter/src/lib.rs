@@ -1,0 +1,19 @@
+//! pare-snapshotter: a containerd proxy snapshotter that stores layers as
+//! overlay-style directories and serves every container's rootfs as an overlay
+//! on pare's profiling FUSE view of the image chain.
+//!
+//! - [`store`]: the transactional metadata store (redb);
+//! - [`snapshots`]: containerd's snapshot semantics over store, dirs and views;
+//! - [`views`]: one view per image chain, shared by its containers;
+//! - [`service`]: the gRPC service containerd calls;
+//! - [`config`]: the TOML configuration.
+
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod mounts;
+pub mod service;
+pub mod snapshots;
+pub mod store;
+pub mod usage;
+pub mod views;

@@ -1,0 +1,173 @@
+//! `pare-snapshotter`: serves containerd's Snapshots API on a unix socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use pare_snapshotter::config::{Config, LogFormat};
+use pare_snapshotter::service::Service;
+use pare_snapshotter::snapshots::Snapshots;
+use pare_snapshotter::views::{FuseMounter, Views};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing_subscriber::EnvFilter;
+
+/// containerd proxy snapshotter that runs every container on pare's profiling view.
+#[derive(Debug, Parser)]
+#[command(name = "pare-snapshotter", version, about)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// State directory (overrides the config file).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Unix socket to serve on (overrides the config file).
+    #[arg(long)]
+    address: Option<PathBuf>,
+    /// Log filter (overrides the config file).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(err) = run(args) {
+        let text: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+        eprintln!("pare-snapshotter: {}", text.join(": "));
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(root) = args.root {
+        config.root = root;
+    }
+    if let Some(address) = args.address {
+        config.address = address;
+    }
+    if let Some(level) = args.log_level {
+        config.log_level = level;
+    }
+    init_logging(&config);
+    anyhow::ensure!(
+        rustix::process::geteuid().is_root(),
+        "pare-snapshotter must run as root (it mounts FUSE views)"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(format!("{},fuser=error", config.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info,fuser=error"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let root = config.root.clone();
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let rule_config = config.clone();
+    let views = Views::new(
+        FuseMounter::new(config.view.threads, config.view.passthrough),
+        root.join("views"),
+        root.join("profiles"),
+        Duration::from_millis(config.profile.flush_interval_ms),
+    );
+    let snapshots = tokio::task::spawn_blocking(move || {
+        Snapshots::open(
+            &root,
+            views,
+            Box::new(move |ns: &str| rule_config.profiles(ns)),
+        )
+    })
+    .await?
+    .with_context(|| {
+        format!(
+            "cannot open the snapshot store in {}",
+            config.root.display()
+        )
+    })?;
+    let snapshots = Arc::new(snapshots);
+
+    let listener = bind(&config)?;
+    tracing::info!(address = %config.address.display(), root = %config.root.display(), "serving");
+    let service = containerd_snapshots::server(Arc::new(Service::new(snapshots.clone())));
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .context("gRPC server failed")?;
+    let _ = std::fs::remove_file(&config.address);
+    tokio::task::spawn_blocking(move || snapshots.shutdown()).await?;
+    tracing::info!("stopped: views unmounted, profiles flushed");
+    Ok(())
+}
+
+/// Binds the socket with the configured mode and group; replaces a stale socket.
+fn bind(config: &Config) -> Result<UnixListener> {
+    let address = &config.address;
+    if let Some(dir) = address.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if address.exists() {
+        if std::os::unix::net::UnixStream::connect(address).is_ok() {
+            anyhow::bail!("{} is in use by another process", address.display());
+        }
+        std::fs::remove_file(address)
+            .with_context(|| format!("cannot remove stale socket {}", address.display()))?;
+    }
+    let listener = UnixListener::bind(address)
+        .with_context(|| format!("cannot listen on {}", address.display()))?;
+    let mode = config.socket_mode_bits()?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", address.display()))?;
+    if let Some(group) = &config.socket_group {
+        let gid = group_id(group)?;
+        std::os::unix::fs::chown(address, None, Some(gid))
+            .with_context(|| format!("cannot chown {} to group {group}", address.display()))?;
+    }
+    Ok(listener)
+}
+
+fn group_id(group: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(name, _)| *name == group)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .with_context(|| format!("socket_group {group:?} is not a group of this machine"))
+}

@@ -1,0 +1,557 @@
+//! The snapshot state machine: containerd's snapshot semantics over the
+//! metadata store, the layer directories and the views.
+//!
+//! Directory lifecycle is crash-safe the way containerd's overlay snapshotter
+//! does it: a new snapshot's directory is made under a temporary name and
+//! renamed to `snapshots/<id>` inside the metadata transaction; a removed
+//! snapshot's record goes first and its directory after. Whatever a crash
+//! leaves behind (temporary dirs, dirs without a record, stale view mounts)
+//! is cleaned at start-up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::filter::{Fields, Filter};
+use crate::mounts::{self, MountSpec};
+use crate::store::{Kind, Record, Role, SnapshotId, Store, Usage};
+use crate::usage;
+use crate::views::{ViewMounter, Views};
+
+/// The label containerd's unpacker puts on the snapshot a layer is unpacked into.
+pub const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+
+/// Which containers get profiled.
+pub type ProfileRule = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// What a snapshot looks like to containerd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Key.
+    pub name: String,
+    /// Parent key, empty for none.
+    pub parent: String,
+    /// Kind.
+    pub kind: Kind,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Created.
+    pub created: SystemTime,
+    /// Updated.
+    pub updated: SystemTime,
+}
+
+/// All snapshots of one root directory.
+pub struct Snapshots<M: ViewMounter> {
+    root: PathBuf,
+    store: Store,
+    views: Mutex<Views<M>>,
+    profiled: ProfileRule,
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+fn time_of(ns: i128) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
+}
+
+/// containerd's metadata layer names backend snapshots `<namespace>/<n>/<key>`.
+/// Returns the namespace and the key as the client gave it.
+pub fn split_key(key: &str) -> (&str, &str) {
+    let mut parts = key.splitn(3, '/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(ns), Some(n), Some(rest)) if n.chars().all(|c| c.is_ascii_digit()) => (ns, rest),
+        _ => ("", key),
+    }
+}
+
+/// True when a Prepare is for a container's rootfs rather than a layer unpack.
+pub fn is_container_rootfs(key: &str, parent: &str, labels: &BTreeMap<String, String>) -> bool {
+    !parent.is_empty()
+        && !labels.contains_key(LABEL_SNAPSHOT_REF)
+        && !split_key(key).1.starts_with("extract-")
+}
+
+impl<M: ViewMounter> Snapshots<M> {
+    /// Opens the snapshots under `root`, cleaning what a crash left behind and
+    /// remounting the views of containers that still exist.
+    pub fn open(root: &Path, views: Views<M>, profiled: ProfileRule) -> Result<Snapshots<M>> {
+        for dir in ["snapshots", "views", "profiles"] {
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path).map_err(Error::io(&path))?;
+        }
+        let store = Store::open(&root.join("metadata.db"))?;
+        let snapshots = Snapshots {
+            root: root.to_path_buf(),
+            store,
+            views: Mutex::new(views),
+            profiled,
+        };
+        snapshots.recover()?;
+        Ok(snapshots)
+    }
+
+    fn snapshot_dir(&self, id: SnapshotId) -> PathBuf {
+        self.root.join("snapshots").join(id.to_string())
+    }
+
+    fn views(&self) -> std::sync::MutexGuard<'_, Views<M>> {
+        self.views.lock().expect("views lock")
+    }
+
+    fn recover(&self) -> Result<()> {
+        detach_stale_views(&self.root.join("views"));
+        let snapshots_dir = self.root.join("snapshots");
+        for entry in std::fs::read_dir(&snapshots_dir).map_err(Error::io(&snapshots_dir))? {
+            let entry = entry.map_err(Error::io(&snapshots_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("new-") || name.starts_with("removed-") {
+                tracing::info!(dir = %entry.path().display(), "removing a half-made snapshot directory");
+                remove_tree(&entry.path());
+            }
+        }
+        self.remove_orphans()?;
+        for (key, record) in self.store.all()? {
+            if let (
+                Kind::Active,
+                Role::Container {
+                    chain, profiled, ..
+                },
+            ) = (record.kind, &record.role)
+            {
+                let layers = self.chain_layers(&record.parent)?;
+                if let Err(e) = self.views().acquire(&key, chain, &layers, *profiled) {
+                    tracing::error!(key, error = %e, "cannot remount the view of a container snapshot");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes snapshot directories that no record names and no view reads.
+    fn remove_orphans(&self) -> Result<usize> {
+        let known: std::collections::HashSet<SnapshotId> =
+            self.store.all()?.into_iter().map(|(_, r)| r.id).collect();
+        let pinned = self.views().pinned();
+        let dir = self.root.join("snapshots");
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&dir).map_err(Error::io(&dir))? {
+            let entry = entry.map_err(Error::io(&dir))?;
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse().ok())
+                .map(SnapshotId)
+            else {
+                continue;
+            };
+            if !known.contains(&id) && !pinned.contains(&id) {
+                tracing::info!(id = id.0, "removing an unreferenced snapshot directory");
+                remove_tree(&entry.path());
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Committed layer directories of `parent` and its ancestors, topmost first.
+    fn chain_layers(&self, parent: &str) -> Result<Vec<(SnapshotId, PathBuf)>> {
+        let mut out = Vec::new();
+        let mut key = parent.to_string();
+        while !key.is_empty() {
+            let record = self
+                .store
+                .get(&key)?
+                .ok_or_else(|| Error::NotFound(key.clone()))?;
+            out.push((record.id, self.snapshot_dir(record.id).join("fs")));
+            key = record.parent;
+        }
+        Ok(out)
+    }
+
+    /// Creates an active snapshot (`readonly` false) or a view on `parent`.
+    pub fn create(
+        &self,
+        key: &str,
+        parent: &str,
+        labels: BTreeMap<String, String>,
+        readonly: bool,
+    ) -> Result<Vec<MountSpec>> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("snapshot key is empty".into()));
+        }
+        let container = !readonly && is_container_rootfs(key, parent, &labels);
+        let role = if container {
+            let namespace = split_key(key).0;
+            Role::Container {
+                parent: parent.to_string(),
+                chain: split_key(parent).1.to_string(),
+                profiled: (self.profiled)(namespace),
+            }
+        } else {
+            Role::Layer
+        };
+        let tmp = tempdir_in(&self.root.join("snapshots"))?;
+        let now = now_ns();
+        let created = self.store.write(|t| {
+            if t.get(key)?.is_some() {
+                return Err(Error::AlreadyExists(key.to_string()));
+            }
+            if !parent.is_empty() {
+                let p = t
+                    .get(parent)?
+                    .ok_or_else(|| Error::NotFound(parent.to_string()))?;
+                if p.kind != Kind::Committed {
+                    return Err(Error::precondition(parent, "parent is not committed"));
+                }
+            }
+            let record = Record {
+                id: t.next_id()?,
+                kind: if readonly { Kind::View } else { Kind::Active },
+                parent: parent.to_string(),
+                labels,
+                created_ns: now,
+                updated_ns: now,
+                role: role.clone(),
+                usage: None,
+            };
+            t.put(key, &record)?;
+            let dir = self.snapshot_dir(record.id);
+            std::fs::rename(&tmp, &dir).map_err(Error::io(&dir))?;
+            Ok(record)
+        });
+        let record = match created {
+            Ok(record) => record,
+            Err(e) => {
+                remove_tree(&tmp);
+                return Err(e);
+            }
+        };
+        if let Role::Container {
+            chain, profiled, ..
+        } = &record.role
+        {
+            let layers = self.chain_layers(parent)?;
+            if let Err(e) = self.views().acquire(key, chain, &layers, *profiled) {
+                let _ = self.remove(key);
+                return Err(e);
+            }
+        }
+        self.mounts_of(key, &record)
+    }
+
+    /// The mounts of an active snapshot or view.
+    pub fn mounts(&self, key: &str) -> Result<Vec<MountSpec>> {
+        let record = self
+            .store
+            .get(key)?
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        self.mounts_of(key, &record)
+    }
+
+    fn mounts_of(&self, key: &str, record: &Record) -> Result<Vec<MountSpec>> {
+        let dir = self.snapshot_dir(record.id);
+        let (fs, work) = (dir.join("fs"), dir.join("work"));
+        let spec = match (&record.kind, &record.role) {
+            (Kind::Committed, _) => {
+                return Err(Error::precondition(
+                    key,
+                    "committed snapshots have no mounts",
+                ));
+            }
+            (Kind::Active, Role::Container { chain, .. }) => {
+                let view = self.views().mountpoint(chain);
+                mounts::overlay(&fs, &work, &[view])
+            }
+            (Kind::Active, Role::Layer) if record.parent.is_empty() => mounts::bind(&fs, false),
+            (Kind::Active, Role::Layer) => {
+                let lowers: Vec<PathBuf> = self
+                    .chain_layers(&record.parent)?
+                    .into_iter()
+                    .map(|(_, d)| d)
+                    .collect();
+                mounts::overlay(&fs, &work, &lowers)
+            }
+            (Kind::View, _) if record.parent.is_empty() => mounts::bind(&fs, true),
+            (Kind::View, _) => {
+                let lowers: Vec<PathBuf> = self
+                    .chain_layers(&record.parent)?
+                    .into_iter()
+                    .map(|(_, d)| d)
+                    .collect();
+                mounts::readonly(&lowers)
+            }
+        };
+        Ok(vec![spec])
+    }
+
+    /// Commits the active snapshot `key` as `name`.
+    pub fn commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("commit name is empty".into()));
+        }
+        let record = self
+            .store
+            .get(key)?
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        if record.kind != Kind::Active {
+            return Err(Error::precondition(
+                key,
+                "only active snapshots can be committed",
+            ));
+        }
+        let usage = usage::of_dir(&self.snapshot_dir(record.id).join("fs"))?;
+        let now = now_ns();
+        let committed = self.store.write(|t| {
+            let current = t.must_get(key)?;
+            if current.kind != Kind::Active {
+                return Err(Error::precondition(
+                    key,
+                    "only active snapshots can be committed",
+                ));
+            }
+            if t.get(name)?.is_some() {
+                return Err(Error::AlreadyExists(name.to_string()));
+            }
+            t.delete(key)?;
+            let committed = Record {
+                kind: Kind::Committed,
+                labels,
+                updated_ns: now,
+                created_ns: now,
+                role: Role::Layer,
+                usage: Some(usage),
+                ..current.clone()
+            };
+            t.put(name, &committed)?;
+            Ok(current)
+        })?;
+        if let Role::Container { chain, .. } = &committed.role {
+            self.views().release(key, chain)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `key` and its directory. Snapshots with children cannot be removed.
+    pub fn remove(&self, key: &str) -> Result<()> {
+        let record = self.store.write(|t| {
+            let record = t.must_get(key)?;
+            if !t.children(key)?.is_empty() {
+                return Err(Error::precondition(key, "snapshot has children"));
+            }
+            t.delete(key)?;
+            Ok(record)
+        })?;
+        if let Role::Container { chain, .. } = &record.role {
+            if let Err(e) = self.views().release(key, chain) {
+                tracing::error!(key, error = %e, "releasing the view failed");
+            }
+        }
+        if !self.views().pinned().contains(&record.id) {
+            let dir = self.snapshot_dir(record.id);
+            let doomed = self
+                .root
+                .join("snapshots")
+                .join(format!("removed-{}", record.id));
+            match std::fs::rename(&dir, &doomed) {
+                Ok(()) => remove_tree(&doomed),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove snapshot directory")
+                }
+            }
+        }
+        // Layers a view held on to may be free now.
+        self.remove_orphans()?;
+        Ok(())
+    }
+
+    /// Information about `key`.
+    pub fn stat(&self, key: &str) -> Result<SnapshotInfo> {
+        let record = self
+            .store
+            .get(key)?
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        Ok(info(key, record))
+    }
+
+    /// Updates labels. `fieldpaths` empty or `labels` replaces all labels;
+    /// `labels.<key>` sets or deletes one.
+    pub fn update(
+        &self,
+        key: &str,
+        labels: BTreeMap<String, String>,
+        fieldpaths: &[String],
+    ) -> Result<SnapshotInfo> {
+        let now = now_ns();
+        let record = self.store.write(|t| {
+            let mut record = t.must_get(key)?;
+            if fieldpaths.is_empty() {
+                record.labels = labels.clone();
+            }
+            for path in fieldpaths {
+                if path == "labels" {
+                    record.labels = labels.clone();
+                } else if let Some(label) = path.strip_prefix("labels.") {
+                    match labels.get(label) {
+                        Some(v) => record.labels.insert(label.to_string(), v.clone()),
+                        None => record.labels.remove(label),
+                    };
+                } else {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot update field {path:?} of snapshot {key}"
+                    )));
+                }
+            }
+            record.updated_ns = now;
+            t.put(key, &record)?;
+            Ok(record)
+        })?;
+        Ok(info(key, record))
+    }
+
+    /// Disk usage: measured now for active snapshots, at commit for committed ones.
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        let record = self
+            .store
+            .get(key)?
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        match record.usage {
+            Some(usage) => Ok(usage),
+            None => usage::of_dir(&self.snapshot_dir(record.id).join("fs")),
+        }
+    }
+
+    /// Snapshots matching containerd `filters`.
+    pub fn list(&self, filters: &[String]) -> Result<Vec<SnapshotInfo>> {
+        let filter = Filter::parse(filters)?;
+        let mut out = Vec::new();
+        for (key, record) in self.store.all()? {
+            let fields = Fields {
+                name: &key,
+                parent: &record.parent,
+                kind: kind_name(record.kind),
+                labels: &record.labels,
+            };
+            if filter.matches(&fields) {
+                out.push(info(&key, record));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes directories no snapshot references (containerd's Cleanup).
+    pub fn cleanup(&self) -> Result<usize> {
+        self.remove_orphans()
+    }
+
+    /// Unmounts every view and flushes every profile (graceful stop).
+    pub fn shutdown(&self) {
+        self.views().stop_all();
+    }
+
+    /// Mounted views and their container snapshots.
+    pub fn view_status(&self) -> Vec<(String, Vec<String>)> {
+        self.views().status()
+    }
+
+    /// Per-chain count of container snapshots in the store.
+    pub fn containers_by_chain(&self) -> Result<HashMap<String, usize>> {
+        let mut out = HashMap::new();
+        for (_, record) in self.store.all()? {
+            if let Role::Container { chain, .. } = record.role {
+                *out.entry(chain).or_default() += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Active => "active",
+        Kind::View => "view",
+        Kind::Committed => "committed",
+    }
+}
+
+fn info(key: &str, record: Record) -> SnapshotInfo {
+    SnapshotInfo {
+        name: key.to_string(),
+        parent: record.parent,
+        kind: record.kind,
+        labels: record.labels,
+        created: time_of(record.created_ns),
+        updated: time_of(record.updated_ns),
+    }
+}
+
+/// A fresh `new-*` directory with `fs/` and `work/` inside.
+fn tempdir_in(dir: &Path) -> Result<PathBuf> {
+    for attempt in 0..100u32 {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = dir.join(format!("new-{}-{nanos}-{attempt}", std::process::id()));
+        match std::fs::create_dir(&path) {
+            Ok(()) => {
+                for sub in ["fs", "work"] {
+                    let p = path.join(sub);
+                    std::fs::create_dir(&p).map_err(Error::io(&p))?;
+                }
+                // Like containerd: layer roots are 0755.
+                use std::os::unix::fs::PermissionsExt;
+                let fs = path.join("fs");
+                std::fs::set_permissions(&fs, std::fs::Permissions::from_mode(0o755))
+                    .map_err(Error::io(&fs))?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(path)(e)),
+        }
+    }
+    Err(Error::Io {
+        path: dir.to_path_buf(),
+        source: std::io::Error::other("cannot pick a temporary directory name"),
+    })
+}
+
+fn remove_tree(path: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %path.display(), error = %e, "cannot remove directory");
+        }
+    }
+}
+
+/// Detaches whatever is still mounted under `views_dir` (views of a daemon
+/// that died: their FUSE connection is gone).
+fn detach_stale_views(views_dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut stale: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(views_dir) && p != views_dir)
+        .collect();
+    stale.sort();
+    stale.dedup();
+    for path in stale.iter().rev() {
+        tracing::warn!(mountpoint = %path.display(), "detaching a stale view mount");
+        if let Err(e) = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+            tracing::warn!(mountpoint = %path.display(), error = %e, "cannot detach stale view");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

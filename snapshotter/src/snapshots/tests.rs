@@ -1,0 +1,381 @@
+//! Unit tests of the snapshot state machine, with a fake view mounter (no root).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pare_fs::profile::RecorderHandle;
+
+use super::*;
+use crate::views::{ViewMounter, Views};
+
+/// Records mount and unmount calls instead of mounting.
+#[derive(Clone, Default)]
+struct FakeMounter {
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl ViewMounter for FakeMounter {
+    type Handle = PathBuf;
+
+    fn mount(
+        &self,
+        layers: &[PathBuf],
+        mountpoint: &Path,
+        recorder: Option<RecorderHandle>,
+    ) -> std::result::Result<PathBuf, String> {
+        let ids: Vec<String> = layers
+            .iter()
+            .map(|l| {
+                l.parent()
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        self.calls.lock().unwrap().push(format!(
+            "mount {} [{}] profiled={}",
+            mountpoint.file_name().unwrap().to_string_lossy(),
+            ids.join(","),
+            recorder.is_some()
+        ));
+        Ok(mountpoint.to_path_buf())
+    }
+
+    fn unmount(&self, handle: PathBuf) -> std::result::Result<(), String> {
+        self.calls.lock().unwrap().push(format!(
+            "unmount {}",
+            handle.file_name().unwrap().to_string_lossy()
+        ));
+        Ok(())
+    }
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    mounter: FakeMounter,
+    snaps: Snapshots<FakeMounter>,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let mounter = FakeMounter::default();
+    let snaps = open(&root, &mounter);
+    Env {
+        _dir: dir,
+        root,
+        mounter,
+        snaps,
+    }
+}
+
+fn open(root: &Path, mounter: &FakeMounter) -> Snapshots<FakeMounter> {
+    let views = Views::new(
+        mounter.clone(),
+        root.join("views"),
+        root.join("profiles"),
+        Duration::from_millis(5),
+    );
+    Snapshots::open(root, views, Box::new(|ns: &str| ns != "quiet")).unwrap()
+}
+
+fn no_labels() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+fn unpack_labels(chain: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_SNAPSHOT_REF.to_string(), chain.to_string())])
+}
+
+/// Unpacks two layers the way containerd's unpacker does; returns the top key.
+fn unpack_image(s: &Snapshots<FakeMounter>, ns: &str) -> String {
+    let l1 = format!("{ns}/1/sha256:c1");
+    let l2 = format!("{ns}/3/sha256:c2");
+    s.create(
+        &format!("{ns}/0/extract-1 sha256:c1"),
+        "",
+        unpack_labels("sha256:c1"),
+        false,
+    )
+    .unwrap();
+    s.commit(&l1, &format!("{ns}/0/extract-1 sha256:c1"), no_labels())
+        .unwrap();
+    let mounts = s
+        .create(
+            &format!("{ns}/2/extract-2 sha256:c2"),
+            &l1,
+            unpack_labels("sha256:c2"),
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        mounts[0].kind, "overlay",
+        "a layer on a parent unpacks into an overlay upper"
+    );
+    s.commit(&l2, &format!("{ns}/2/extract-2 sha256:c2"), no_labels())
+        .unwrap();
+    l2
+}
+
+fn code(r: Result<impl std::fmt::Debug>) -> tonic::Code {
+    r.unwrap_err().code()
+}
+
+#[test]
+fn keys_are_split_like_containerds_metadata_layer() {
+    assert_eq!(
+        split_key("default/12/sha256:abc"),
+        ("default", "sha256:abc")
+    );
+    assert_eq!(
+        split_key("k8s.io/3/extract-1 sha256:x"),
+        ("k8s.io", "extract-1 sha256:x")
+    );
+    assert_eq!(split_key("plain-key"), ("", "plain-key"));
+    assert!(is_container_rootfs(
+        "default/9/ctr1",
+        "default/3/sha256:c2",
+        &no_labels()
+    ));
+    assert!(!is_container_rootfs("default/9/ctr1", "", &no_labels()));
+    assert!(!is_container_rootfs(
+        "default/9/x",
+        "p",
+        &unpack_labels("sha256:c")
+    ));
+    assert!(!is_container_rootfs(
+        "default/9/extract-9 sha256:c",
+        "p",
+        &no_labels()
+    ));
+}
+
+#[test]
+fn layers_unpack_as_bind_then_overlay_and_commit() {
+    let e = env();
+    let top = unpack_image(&e.snaps, "default");
+    let info = e.snaps.stat(&top).unwrap();
+    assert_eq!(
+        (info.kind, info.parent.as_str()),
+        (Kind::Committed, "default/1/sha256:c1")
+    );
+    assert_eq!(code(e.snaps.mounts(&top)), tonic::Code::FailedPrecondition);
+    assert!(
+        e.mounter.calls.lock().unwrap().is_empty(),
+        "unpacking mounts no view"
+    );
+}
+
+#[test]
+fn containers_share_one_view_per_chain_until_the_last_is_removed() {
+    let e = env();
+    let top = unpack_image(&e.snaps, "default");
+    let m1 = e
+        .snaps
+        .create("default/10/c1", &top, no_labels(), false)
+        .unwrap();
+    let m2 = e
+        .snaps
+        .create("default/11/c2", &top, no_labels(), false)
+        .unwrap();
+    let view = e.root.join("views").join("sha256:c2");
+    let lower = format!("lowerdir={}", view.display());
+    for m in [&m1, &m2] {
+        assert_eq!(m[0].kind, "overlay");
+        assert!(m[0].options.contains(&lower), "{:?}", m[0].options);
+    }
+    assert_eq!(e.snaps.mounts("default/11/c2").unwrap(), m2);
+    e.snaps.remove("default/10/c1").unwrap();
+    e.snaps.remove("default/11/c2").unwrap();
+    let calls = e.mounter.calls.lock().unwrap().clone();
+    // The view reads the chain's layers topmost first: snapshot dirs 2 then 1.
+    assert_eq!(
+        calls,
+        vec!["mount sha256:c2 [2,1] profiled=true", "unmount sha256:c2"]
+    );
+}
+
+#[test]
+fn profiling_follows_the_namespace_rule() {
+    let e = env();
+    let top = unpack_image(&e.snaps, "quiet");
+    e.snaps
+        .create("quiet/10/c1", &top, no_labels(), false)
+        .unwrap();
+    assert_eq!(
+        e.mounter.calls.lock().unwrap().clone(),
+        vec!["mount sha256:c2 [2,1] profiled=false"]
+    );
+}
+
+#[test]
+fn errors_carry_containerds_codes() {
+    let e = env();
+    let top = unpack_image(&e.snaps, "default");
+    use tonic::Code::*;
+    assert_eq!(
+        code(e.snaps.create(&top, "", no_labels(), false)),
+        AlreadyExists
+    );
+    assert_eq!(
+        code(
+            e.snaps
+                .create("default/20/x", "missing", no_labels(), false)
+        ),
+        NotFound
+    );
+    e.snaps
+        .create("default/21/active", "", no_labels(), false)
+        .unwrap();
+    assert_eq!(
+        code(
+            e.snaps
+                .create("default/22/y", "default/21/active", no_labels(), false)
+        ),
+        FailedPrecondition
+    );
+    assert_eq!(
+        code(e.snaps.remove("default/1/sha256:c1")),
+        FailedPrecondition,
+        "has children"
+    );
+    assert_eq!(
+        code(e.snaps.commit(&top, "default/21/active", no_labels())),
+        AlreadyExists
+    );
+    assert_eq!(
+        code(e.snaps.commit("n", &top, no_labels())),
+        FailedPrecondition
+    );
+    assert_eq!(code(e.snaps.commit("n", "nope", no_labels())), NotFound);
+    assert_eq!(code(e.snaps.stat("nope")), NotFound);
+    assert_eq!(
+        code(e.snaps.create("", "", no_labels(), false)),
+        InvalidArgument
+    );
+    assert_eq!(
+        code(e.snaps.update(&top, no_labels(), &["parent".to_string()])),
+        InvalidArgument
+    );
+}
+
+#[test]
+fn views_of_parents_are_bind_or_readonly_overlays() {
+    let e = env();
+    let top = unpack_image(&e.snaps, "default");
+    let single = e
+        .snaps
+        .create("default/30/v1", "default/1/sha256:c1", no_labels(), true)
+        .unwrap();
+    assert_eq!(
+        (single[0].kind.as_str(), single[0].options[0].as_str()),
+        ("bind", "ro")
+    );
+    let multi = e
+        .snaps
+        .create("default/31/v2", &top, no_labels(), true)
+        .unwrap();
+    assert_eq!(multi[0].kind, "overlay");
+    assert!(!multi[0].options.iter().any(|o| o.starts_with("upperdir=")));
+    assert_eq!(e.snaps.stat("default/31/v2").unwrap().kind, Kind::View);
+    assert_eq!(
+        code(e.snaps.commit("x", "default/31/v2", no_labels())),
+        tonic::Code::FailedPrecondition
+    );
+}
+
+#[test]
+fn labels_update_by_field_path_and_list_filters() {
+    let e = env();
+    let top = unpack_image(&e.snaps, "default");
+    let labels = BTreeMap::from([
+        ("a".to_string(), "1".to_string()),
+        ("b".to_string(), "2".to_string()),
+    ]);
+    e.snaps.update(&top, labels, &[]).unwrap();
+    let one = BTreeMap::from([("b".to_string(), "3".to_string())]);
+    let info = e
+        .snaps
+        .update(&top, one, &["labels.b".into(), "labels.a".into()])
+        .unwrap();
+    assert_eq!(
+        info.labels,
+        BTreeMap::from([("b".to_string(), "3".to_string())])
+    );
+    let names = |f: &str| -> Vec<String> {
+        let mut n: Vec<String> = e
+            .snaps
+            .list(&[f.to_string()])
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names("labels.b==3"), vec![top.clone()]);
+    assert_eq!(names("kind==committed").len(), 2);
+    assert_eq!(names("parent==default/1/sha256:c1"), vec![top]);
+}
+
+#[test]
+fn usage_counts_blocks_and_inodes_of_the_snapshot_dir() {
+    let e = env();
+    e.snaps
+        .create("default/40/a", "", no_labels(), false)
+        .unwrap();
+    let record = e.snaps.store.get("default/40/a").unwrap().unwrap();
+    let fs = e
+        .root
+        .join("snapshots")
+        .join(record.id.to_string())
+        .join("fs");
+    std::fs::write(fs.join("f"), vec![7u8; 64 * 1024]).unwrap();
+    std::fs::hard_link(fs.join("f"), fs.join("g")).unwrap();
+    let usage = e.snaps.usage("default/40/a").unwrap();
+    assert_eq!(
+        usage.inodes, 2,
+        "the dir and one inode for the hardlinked pair"
+    );
+    assert!(usage.size >= 64 * 1024, "{usage:?}");
+    e.snaps
+        .commit("default/41/c", "default/40/a", no_labels())
+        .unwrap();
+    assert_eq!(
+        e.snaps.usage("default/41/c").unwrap(),
+        usage,
+        "committed usage is kept"
+    );
+}
+
+#[test]
+fn reopening_cleans_half_made_dirs_and_remounts_container_views() {
+    let e = env();
+    let top = unpack_image(&e.snaps, "default");
+    e.snaps
+        .create("default/10/c1", &top, no_labels(), false)
+        .unwrap();
+    let snapshots = e.root.join("snapshots");
+    std::fs::create_dir(snapshots.join("new-crash")).unwrap();
+    std::fs::create_dir(snapshots.join("999")).unwrap();
+    drop(e.snaps); // a crash: nothing unmounted, nothing cleaned
+    let mounter = FakeMounter::default();
+    let snaps = open(&e.root, &mounter);
+    assert!(!snapshots.join("new-crash").exists());
+    assert!(!snapshots.join("999").exists());
+    assert_eq!(snaps.stat(&top).unwrap().kind, Kind::Committed);
+    assert_eq!(
+        mounter.calls.lock().unwrap().clone(),
+        vec!["mount sha256:c2 [2,1] profiled=true"]
+    );
+    assert_eq!(
+        snaps.view_status(),
+        vec![("sha256:c2".to_string(), vec!["default/10/c1".to_string()])]
+    );
+    assert_eq!(snaps.cleanup().unwrap(), 0);
+}
