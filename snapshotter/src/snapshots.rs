@@ -225,6 +225,11 @@ impl<M: ViewMounter> Snapshots<M> {
             t.put(key, &record)?;
             let dir = self.snapshot_dir(record.id);
             std::fs::rename(&tmp, &dir).map_err(Error::io(&dir))?;
+            // The rename must be durable before the record that names it.
+            let parent = self.root.join("snapshots");
+            std::fs::File::open(&parent)
+                .and_then(|d| d.sync_all())
+                .map_err(Error::io(&parent))?;
             Ok(record)
         });
         let record = match created {
