@@ -2,8 +2,10 @@
 //! the `pare` binary, fixture layer stacks, tree walks and mounts that are
 //! always cleaned up.
 
+pub mod containerd;
 pub mod fixture;
 pub mod layer;
 pub mod mounts;
+pub mod oci;
 pub mod prereq;
 pub mod walk;
