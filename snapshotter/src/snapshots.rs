@@ -49,6 +49,10 @@ pub struct Snapshots<M: ViewMounter> {
     store: Store,
     views: Mutex<Views<M>>,
     profiled: ProfileRule,
+    /// Held while a snapshot directory exists without a committed record (a
+    /// Prepare in flight) and while unreferenced directories are collected,
+    /// so that collection never takes a directory about to be named.
+    dirs: Mutex<()>,
 }
 
 fn now_ns() -> i128 {
@@ -93,6 +97,7 @@ impl<M: ViewMounter> Snapshots<M> {
             store,
             views: Mutex::new(views),
             profiled,
+            dirs: Mutex::new(()),
         };
         snapshots.recover()?;
         Ok(snapshots)
@@ -137,6 +142,7 @@ impl<M: ViewMounter> Snapshots<M> {
 
     /// Removes snapshot directories that no record names and no view reads.
     fn remove_orphans(&self) -> Result<usize> {
+        let _dirs = self.dirs.lock().expect("dirs lock");
         let known: std::collections::HashSet<SnapshotId> =
             self.store.all()?.into_iter().map(|(_, r)| r.id).collect();
         let pinned = self.views().pinned();
@@ -198,6 +204,7 @@ impl<M: ViewMounter> Snapshots<M> {
         } else {
             Role::Layer
         };
+        let dirs = self.dirs.lock().expect("dirs lock");
         let tmp = tempdir_in(&self.root.join("snapshots"))?;
         let now = now_ns();
         let created = self.store.write(|t| {
@@ -239,6 +246,7 @@ impl<M: ViewMounter> Snapshots<M> {
                 return Err(e);
             }
         };
+        drop(dirs);
         if let Role::Container {
             chain, profiled, ..
         } = &record.role

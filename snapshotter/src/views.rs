@@ -84,7 +84,8 @@ pub struct Views<M: ViewMounter> {
     active: HashMap<String, Active<M::Handle>>,
 }
 
-/// Where a directory-safe name for a chain ID goes (`sha256:ab…` stays as is).
+/// File name of a chain's profile: the chain ID itself (`sha256:ab…`), with
+/// anything unusual in a file name replaced.
 pub fn chain_dir_name(chain: &str) -> String {
     chain
         .chars()
@@ -96,6 +97,13 @@ pub fn chain_dir_name(chain: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Directory name of a chain's view mountpoint: like [`chain_dir_name`] but
+/// without `:`, which overlayfs would take as a `lowerdir=` separator
+/// (`sha256-ab…`).
+pub fn view_dir_name(chain: &str) -> String {
+    chain_dir_name(chain).replace(':', "-")
 }
 
 impl<M: ViewMounter> Views<M> {
@@ -112,7 +120,7 @@ impl<M: ViewMounter> Views<M> {
 
     /// Mountpoint of `chain`'s view.
     pub fn mountpoint(&self, chain: &str) -> PathBuf {
-        self.views_dir.join(chain_dir_name(chain))
+        self.views_dir.join(view_dir_name(chain))
     }
 
     /// Registers `user` (a container snapshot key) on `chain`'s view, mounting

@@ -4,8 +4,10 @@
 
 pub mod containerd;
 pub mod fixture;
+pub mod images;
 pub mod layer;
 pub mod mounts;
 pub mod oci;
 pub mod prereq;
+pub mod snapshotter;
 pub mod walk;

@@ -183,7 +183,7 @@ fn containers_share_one_view_per_chain_until_the_last_is_removed() {
         .snaps
         .create("default/11/c2", &top, no_labels(), false)
         .unwrap();
-    let view = e.root.join("views").join("sha256:c2");
+    let view = e.root.join("views").join("sha256-c2");
     let lower = format!("lowerdir={}", view.display());
     for m in [&m1, &m2] {
         assert_eq!(m[0].kind, "overlay");
@@ -196,7 +196,7 @@ fn containers_share_one_view_per_chain_until_the_last_is_removed() {
     // The view reads the chain's layers topmost first: snapshot dirs 2 then 1.
     assert_eq!(
         calls,
-        vec!["mount sha256:c2 [2,1] profiled=true", "unmount sha256:c2"]
+        vec!["mount sha256-c2 [2,1] profiled=true", "unmount sha256-c2"]
     );
 }
 
@@ -209,7 +209,7 @@ fn profiling_follows_the_namespace_rule() {
         .unwrap();
     assert_eq!(
         e.mounter.calls.lock().unwrap().clone(),
-        vec!["mount sha256:c2 [2,1] profiled=false"]
+        vec!["mount sha256-c2 [2,1] profiled=false"]
     );
 }
 
@@ -371,7 +371,7 @@ fn reopening_cleans_half_made_dirs_and_remounts_container_views() {
     assert_eq!(snaps.stat(&top).unwrap().kind, Kind::Committed);
     assert_eq!(
         mounter.calls.lock().unwrap().clone(),
-        vec!["mount sha256:c2 [2,1] profiled=true"]
+        vec!["mount sha256-c2 [2,1] profiled=true"]
     );
     assert_eq!(
         snaps.view_status(),

@@ -1,0 +1,345 @@
+//! pare-snapshotter under a real containerd and runc: images imported and run
+//! with `--snapshotter pare` behave exactly as with the stock overlayfs
+//! snapshotter, every container of an image shares one profiling view, the
+//! profile records the workload, and the daemon survives SIGKILL.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use pare_tests::containerd::{Containerd, Ctr};
+use pare_tests::images::{harness_image, run_checks};
+use pare_tests::mounts::Scratch;
+use pare_tests::prereq::{Need, pare_bin, privileged};
+use pare_tests::snapshotter::PareSnapshotter;
+
+const IMAGE: &str = "docker.io/pare-tests/snapshotter:v1";
+
+const NEEDS: &[Need] = &[
+    Need::Root,
+    Need::Fuse,
+    Need::Overlay,
+    Need::Command("containerd"),
+    Need::Command("ctr"),
+    Need::Command("runc"),
+    Need::Command("getfattr"),
+];
+
+/// A private containerd with pare plugged in, the fixture image imported with
+/// both pare and the stock overlayfs snapshotter.
+struct Node {
+    containerd: Containerd,
+    pare: PareSnapshotter,
+    top_chain: String,
+    _scratch: Scratch,
+}
+
+impl Node {
+    fn start() -> Result<Node> {
+        let scratch = Scratch::new()?;
+        let pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
+        let containerd = Containerd::start(
+            &scratch.path().join("containerd"),
+            &pare.containerd_config(),
+        )?;
+        let tarball = scratch.path().join("image.tar");
+        let image = harness_image(None)?.write_oci_archive(IMAGE, &tarball)?;
+        let ctr = containerd.ctr();
+        ctr.import(&tarball, "pare")?;
+        ctr.import(&tarball, "overlayfs")?;
+        Ok(Node {
+            top_chain: image
+                .top_chain_id()
+                .context("the image has layers")?
+                .to_string(),
+            containerd,
+            pare,
+            _scratch: scratch,
+        })
+    }
+
+    fn ctr(&self) -> Ctr {
+        self.containerd.ctr()
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- containerd (tail) ---\n{}\n--- pare-snapshotter (tail) ---\n{}",
+            self.containerd.log_tail(40),
+            tail(&self.pare.log_text(), 60)
+        )
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs `f`; on failure adds both daemons' logs to the error.
+fn with_logs(node: &Node, f: impl FnOnce(&Node) -> Result<()>) -> Result<()> {
+    f(node).map_err(|e| e.context(node.logs()))
+}
+
+/// Waits up to `secs` for `cond`.
+fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond()? {
+        ensure!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Every entry of the rootfs as a container sees it (type, mode, owner, size,
+/// mtime, link count, symlink target), the content hash of every file, and the
+/// xattrs of the fixture's files.
+/// The runtime's own mounts (/proc, /sys, /dev, /run) are left out; lines are
+/// sorted by the test, listing order is not part of the contract.
+const WALK: &str = "find / -xdev -mindepth 1 \\( -path /proc -o -path /sys -o -path /dev -o -path /run \\) -prune \
+    -o -printf '%p %y %m %U:%G %s %T@ %n %l\\n'; \
+    find / -xdev -type f -exec sha256sum {} +; \
+    getfattr -R -h -d -m - -e hex --absolute-names /data /usr/bin 2>/dev/null";
+
+fn sorted_lines(text: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    lines
+}
+
+#[test]
+fn privileged_containers_run_on_the_pare_view_like_on_overlayfs() -> Result<()> {
+    if !privileged(
+        "privileged_containers_run_on_the_pare_view_like_on_overlayfs",
+        NEEDS,
+    ) {
+        return Ok(());
+    }
+    let node = Node::start()?;
+    with_logs(&node, |node| {
+        let ctr = node.ctr();
+        // Behaviour: the fixture checks, including isolation of writes.
+        run_checks(&ctr, IMAGE, "pare", "pare")?;
+
+        // The profile of the image: the checks' files are there, untouched ones not.
+        let profile = node.pare.root().join("profiles").join(&node.top_chain);
+        let out = std::process::Command::new(pare_bin())
+            .args(["profile", "show", "--json"])
+            .arg(&profile)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "pare profile show: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(
+            json["image"] == node.top_chain.as_str(),
+            "profile header names the chain: {}",
+            json["image"]
+        );
+        let kinds = |path: &str| -> Vec<String> {
+            json["entries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["path"] == path)
+                .map(|e| {
+                    e["accesses"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|k| k.as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        ensure!(
+            kinds("/data/keep.txt").contains(&"read".to_string()),
+            "keep.txt read"
+        );
+        ensure!(
+            kinds("/usr/bin/getfattr").contains(&"exec".to_string()),
+            "getfattr exec"
+        );
+        ensure!(
+            kinds("/data/alias").contains(&"readlink".to_string()),
+            "alias readlink"
+        );
+        for untouched in [
+            "/usr/bin/sleep",
+            "/usr/bin/wc",
+            "/data/gone.txt",
+            "/data/new.txt",
+        ] {
+            ensure!(
+                kinds(untouched).is_empty(),
+                "{untouched} is in the profile but was never used"
+            );
+        }
+
+        // The rootfs walked inside a container equals the stock overlayfs one.
+        let on_pare = ctr.run(IMAGE, "walk-pare", "pare", &["sh", "-c", WALK])?;
+        let on_overlay = ctr.run(IMAGE, "walk-overlay", "overlayfs", &["sh", "-c", WALK])?;
+        let (on_pare, on_overlay) = (sorted_lines(&on_pare), sorted_lines(&on_overlay));
+        ensure!(
+            on_pare.len() > 50,
+            "the walk saw the rootfs:\n{}",
+            on_pare.join("\n")
+        );
+        if on_pare != on_overlay {
+            let diff: Vec<String> = on_overlay
+                .iter()
+                .zip(on_pare.iter())
+                .filter(|(a, b)| a != b)
+                .take(20)
+                .map(|(a, b)| format!("overlayfs: {a}\npare:      {b}"))
+                .collect();
+            anyhow::bail!("rootfs differs from overlayfs:\n{}", diff.join("\n"));
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn privileged_twenty_concurrent_containers_share_one_view() -> Result<()> {
+    if !privileged(
+        "privileged_twenty_concurrent_containers_share_one_view",
+        NEEDS,
+    ) {
+        return Ok(());
+    }
+    let node = Node::start()?;
+    with_logs(&node, |node| {
+        let ids: Vec<String> = (0..20).map(|i| format!("many-{i}")).collect();
+        std::thread::scope(|s| -> Result<()> {
+            let handles: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    let ctr = node.ctr();
+                    s.spawn(move || ctr.run_detached(IMAGE, id, "pare", &["sleep", "300"]))
+                })
+                .collect();
+            for h in handles {
+                h.join()
+                    .expect("thread")
+                    .context("a concurrent container failed to start")?;
+            }
+            Ok(())
+        })?;
+        let tasks = String::from_utf8(node.ctr().ctr(&["tasks", "ls"])?.stdout)?;
+        let running = tasks.lines().filter(|l| l.contains("RUNNING")).count();
+        ensure!(running == 20, "20 tasks running:\n{tasks}");
+        let views = node.pare.mounted_views();
+        ensure!(views.len() == 1, "one view for one image: {views:?}");
+
+        for id in &ids {
+            node.ctr().remove(id)?;
+        }
+        // containerd removes backend snapshots in its garbage collection.
+        eventually(
+            60,
+            "the view to be unmounted after its last container",
+            || Ok(node.pare.mounted_views().is_empty()),
+        )?;
+
+        // Cleanup frees directories no snapshot references.
+        let orphan = node.pare.root().join("snapshots").join("999999");
+        std::fs::create_dir_all(orphan.join("fs"))?;
+        node.ctr().run(IMAGE, "trigger-gc", "pare", &["true"])?;
+        eventually(60, "Cleanup to remove an orphaned snapshot dir", || {
+            Ok(!orphan.exists())
+        })
+    })
+}
+
+#[test]
+fn privileged_snapshots_commands_behave_as_with_overlayfs() -> Result<()> {
+    if !privileged(
+        "privileged_snapshots_commands_behave_as_with_overlayfs",
+        NEEDS,
+    ) {
+        return Ok(());
+    }
+    let node = Node::start()?;
+    with_logs(&node, |node| {
+        let ctr = node.ctr();
+        for snapshotter in ["pare", "overlayfs"] {
+            let cmd = |args: &[&str]| -> Result<String> {
+                let mut all = vec!["snapshots", "--snapshotter", snapshotter];
+                all.extend_from_slice(args);
+                Ok(String::from_utf8(ctr.ctr(&all)?.stdout)?)
+            };
+            let info = cmd(&["info", &node.top_chain])?;
+            ensure!(
+                info.contains("\"Kind\": \"Committed\""),
+                "{snapshotter} info: {info}"
+            );
+            let usage = cmd(&["usage", &node.top_chain])?;
+            ensure!(
+                usage.contains(&node.top_chain),
+                "{snapshotter} usage: {usage}"
+            );
+            cmd(&["label", &node.top_chain, "test.pare/label=yes"])?;
+            let info = cmd(&["info", &node.top_chain])?;
+            ensure!(
+                info.contains("test.pare/label"),
+                "{snapshotter} label: {info}"
+            );
+            cmd(&["prepare", "scratch-snap", &node.top_chain])?;
+            let mounts = cmd(&["mounts", "/mnt", "scratch-snap"])?;
+            ensure!(mounts.contains("overlay"), "{snapshotter} mounts: {mounts}");
+            ensure!(
+                ctr.ctr(&[
+                    "snapshots",
+                    "--snapshotter",
+                    snapshotter,
+                    "rm",
+                    &node.top_chain
+                ])
+                .is_err(),
+                "{snapshotter}: a parent with children cannot be removed"
+            );
+            cmd(&["rm", "scratch-snap"])?;
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn privileged_sigkill_between_runs_loses_nothing_committed() -> Result<()> {
+    if !privileged(
+        "privileged_sigkill_between_runs_loses_nothing_committed",
+        NEEDS,
+    ) {
+        return Ok(());
+    }
+    let mut node = Node::start()?;
+    let first = node
+        .ctr()
+        .run(IMAGE, "before", "pare", &["cat", "/data/keep.txt"]);
+    ensure!(
+        first.as_deref().ok() == Some("keep\n"),
+        "first run: {first:?}\n{}",
+        node.logs()
+    );
+    node.pare.kill()?;
+    node.pare.restart()?;
+    with_logs(&node, |node| {
+        let again = node
+            .ctr()
+            .run(IMAGE, "after", "pare", &["cat", "/data/keep.txt"])?;
+        ensure!(
+            again == "keep\n",
+            "the image runs again without re-import: {again:?}"
+        );
+        run_checks(&node.ctr(), IMAGE, "pare", "after-restart")?;
+        let root: &Path = node.pare.root();
+        ensure!(root.join("metadata.db").exists());
+        Ok(())
+    })?;
+    node.pare.stop()
+}
