@@ -329,9 +329,25 @@ fn privileged_sigkill_between_runs_loses_nothing_committed() -> Result<()> {
     node.pare.kill()?;
     node.pare.restart()?;
     with_logs(&node, |node| {
-        let again = node
-            .ctr()
-            .run(IMAGE, "after", "pare", &["cat", "/data/keep.txt"])?;
+        // containerd's gRPC client redials the restarted socket with backoff:
+        // until it has, calls fail as unavailable (and nothing else may fail).
+        let mut again = String::new();
+        let mut attempt = 0;
+        eventually(60, "containerd to reach the restarted snapshotter", || {
+            attempt += 1;
+            let id = format!("after-{attempt}");
+            match node
+                .ctr()
+                .run(IMAGE, &id, "pare", &["cat", "/data/keep.txt"])
+            {
+                Ok(out) => {
+                    again = out;
+                    Ok(true)
+                }
+                Err(e) if format!("{e:#}").contains("unavailable") => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
         ensure!(
             again == "keep\n",
             "the image runs again without re-import: {again:?}"
