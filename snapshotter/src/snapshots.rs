@@ -193,13 +193,16 @@ impl<M: ViewMounter> Snapshots<M> {
         if key.is_empty() {
             return Err(Error::InvalidArgument("snapshot key is empty".into()));
         }
-        let container = !readonly && is_container_rootfs(key, parent, &labels);
+        // Containers of namespaces that are not profiled get a plain kernel
+        // overlay of the layers: no view, no FUSE cost.
+        let container = !readonly
+            && is_container_rootfs(key, parent, &labels)
+            && (self.profiled)(split_key(key).0);
         let role = if container {
-            let namespace = split_key(key).0;
             Role::Container {
                 parent: parent.to_string(),
                 chain: split_key(parent).1.to_string(),
-                profiled: (self.profiled)(namespace),
+                profiled: true,
             }
         } else {
             Role::Layer

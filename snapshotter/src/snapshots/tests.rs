@@ -201,16 +201,28 @@ fn containers_share_one_view_per_chain_until_the_last_is_removed() {
 }
 
 #[test]
-fn profiling_follows_the_namespace_rule() {
+fn unprofiled_namespaces_run_on_plain_overlay_without_a_view() {
     let e = env();
     let top = unpack_image(&e.snaps, "quiet");
-    e.snaps
+    let mounts = e
+        .snaps
         .create("quiet/10/c1", &top, no_labels(), false)
         .unwrap();
-    assert_eq!(
-        e.mounter.calls.lock().unwrap().clone(),
-        vec!["mount sha256-c2 [2,1] profiled=false"]
+    assert!(
+        e.mounter.calls.lock().unwrap().is_empty(),
+        "no view mounted"
     );
+    let lower = mounts[0]
+        .options
+        .iter()
+        .find(|o| o.starts_with("lowerdir="))
+        .unwrap();
+    let layers = format!(
+        "lowerdir={}:{}",
+        e.root.join("snapshots/2/fs").display(),
+        e.root.join("snapshots/1/fs").display()
+    );
+    assert_eq!(lower, &layers);
 }
 
 #[test]
