@@ -359,3 +359,111 @@ fn privileged_sigkill_between_runs_loses_nothing_committed() -> Result<()> {
     })?;
     node.pare.stop()
 }
+
+/// What runc and containerd themselves touch in a rootfs before and around the
+/// workload (the root, mount targets, and the account files read to resolve
+/// the user), as observed with runc 1.1 and containerd 1.6; documented in
+/// docs/PROFILE.md.
+const RUNTIME_PATHS: &[&str] = &[
+    "/",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/run",
+    "/etc",
+    "/etc/passwd",
+    "/etc/group",
+    "/tmp",
+];
+
+#[test]
+fn privileged_profile_lists_what_the_workload_touched() -> Result<()> {
+    if !privileged("privileged_profile_lists_what_the_workload_touched", NEEDS) {
+        return Ok(());
+    }
+    use pare_tests::images::MTIME;
+    use pare_tests::oci::{DEFAULT_TOOLS, Image, Layer, host_tools_layer};
+    let scratch = Scratch::new()?;
+    let pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
+    let containerd = Containerd::start(
+        &scratch.path().join("containerd"),
+        &pare.containerd_config(),
+    )?;
+    let mut app = Layer::new(MTIME);
+    app.dir("app", 0o755);
+    app.file("app/run.sh", "#!/bin/sh\ncat /app/data.txt\n", 0o755);
+    app.file("app/data.txt", "data\n", 0o644);
+    app.file("app/unused.txt", "never read\n", 0o644);
+    let tarball = scratch.path().join("app.tar");
+    let image = Image::new()
+        .layer(&host_tools_layer(MTIME, DEFAULT_TOOLS)?)?
+        .layer(&app)?
+        .write_oci_archive("docker.io/pare-tests/app:v1", &tarball)?;
+    let ctr = containerd.ctr();
+    ctr.import(&tarball, "pare")?;
+    let out = ctr.run(
+        "docker.io/pare-tests/app:v1",
+        "app",
+        "pare",
+        &["/app/run.sh"],
+    )?;
+    ensure!(out == "data\n", "workload output {out:?}");
+    let chain = image.top_chain_id().context("layers")?.to_string();
+    // The journal is flushed within 100 ms; the view may still be mounted.
+    std::thread::sleep(Duration::from_millis(300));
+    let profile = pare_fs::profile::read(&pare.root().join("profiles").join(&chain))?;
+    let paths: Vec<String> = profile.entries.iter().map(|e| e.path.to_string()).collect();
+    let kinds = |p: &str| -> Vec<&'static str> {
+        profile
+            .entries
+            .iter()
+            .find(|e| e.path.to_string() == p)
+            .map(|e| e.accesses.iter().map(|k| k.name()).collect())
+            .unwrap_or_default()
+    };
+    // The workload: the script (exec by the kernel, read by sh), its shell
+    // and the shell's loader and libraries, cat and its file.
+    let sh = std::fs::canonicalize("/bin/sh")?;
+    let shell = format!("/usr/bin/{}", sh.file_name().unwrap().to_string_lossy());
+    let expected: &[(&str, &[&str])] = &[
+        ("/app", &["lookup"]),
+        ("/app/run.sh", &["lookup", "exec", "read"]),
+        ("/app/data.txt", &["lookup", "read"]),
+        ("/usr/bin/cat", &["lookup", "exec"]),
+        (shell.as_str(), &["lookup", "exec"]),
+    ];
+    for (path, want) in expected {
+        let got = kinds(path);
+        ensure!(
+            want.iter().all(|k| got.contains(k)),
+            "{path}: accesses {got:?}, expected at least {want:?}; profile:\n{paths:#?}"
+        );
+    }
+    // Nothing outside the workload's closure and the runtime's own paths.
+    // The loader and libraries, and the directories of the shell's PATH search.
+    let libs = |p: &str| {
+        p.starts_with("/lib")
+            || p.starts_with("/usr/lib")
+            || [
+                "/bin",
+                "/usr",
+                "/usr/bin",
+                "/usr/sbin",
+                "/sbin",
+                "/usr/bin/sh",
+            ]
+            .contains(&p)
+    };
+    let unexpected: Vec<&String> = paths
+        .iter()
+        .filter(|p| !expected.iter().any(|(e, _)| e == p))
+        .filter(|p| !RUNTIME_PATHS.contains(&p.as_str()) && !libs(p))
+        .collect();
+    ensure!(
+        unexpected.is_empty(),
+        "paths the workload never used: {unexpected:?}"
+    );
+    ensure!(kinds("/app/unused.txt").is_empty() && kinds("/usr/bin/ls").is_empty());
+    containerd.stop()?;
+    pare.stop()
+}
