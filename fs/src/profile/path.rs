@@ -53,6 +53,57 @@ impl ImagePath {
         ImagePath(bytes)
     }
 
+    /// The root, `/`.
+    pub fn root() -> ImagePath {
+        ImagePath(b"/".to_vec())
+    }
+
+    /// `self/name`. `name` must be one plain component (no `/`, not `.`/`..`).
+    pub fn join(&self, name: &std::ffi::OsStr) -> Result<ImagePath, PathError> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut bytes = self.0.clone();
+        if bytes.len() > 1 {
+            bytes.push(b'/');
+        }
+        bytes.extend_from_slice(name.as_bytes());
+        if name.as_bytes().contains(&b'/') {
+            return Err(PathError::NotNormalized(
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
+        }
+        ImagePath::new(bytes)
+    }
+
+    /// The parent directory; `None` for the root.
+    pub fn parent(&self) -> Option<ImagePath> {
+        if self.0.len() <= 1 {
+            return None;
+        }
+        let cut = self.0.iter().rposition(|b| *b == b'/').expect("absolute");
+        Some(ImagePath(if cut == 0 {
+            b"/".to_vec()
+        } else {
+            self.0[..cut].to_vec()
+        }))
+    }
+
+    /// Every ancestor from the root down, without `self`.
+    pub fn ancestors(&self) -> Vec<ImagePath> {
+        let mut out = Vec::new();
+        let mut at = self.parent();
+        while let Some(p) = at {
+            at = p.parent();
+            out.push(p);
+        }
+        out.reverse();
+        out
+    }
+
+    /// True for `/`.
+    pub fn is_root(&self) -> bool {
+        self.0.len() == 1
+    }
+
     /// Raw bytes, starting with `/`.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -110,6 +161,20 @@ mod tests {
             let err = ImagePath::new(bytes.to_vec()).unwrap_err();
             assert_eq!(err, want(String::from_utf8_lossy(bytes).into_owned()));
         }
+    }
+
+    #[test]
+    fn join_parent_and_ancestors() {
+        let root = ImagePath::root();
+        let usr = root.join(std::ffi::OsStr::new("usr")).unwrap();
+        let bin = usr.join(std::ffi::OsStr::new("bin")).unwrap();
+        assert_eq!(bin.to_string(), "/usr/bin");
+        assert_eq!(bin.parent(), Some(usr.clone()));
+        assert_eq!(usr.parent(), Some(root.clone()));
+        assert_eq!(root.parent(), None);
+        assert_eq!(bin.ancestors(), vec![root.clone(), usr]);
+        assert!(root.join(std::ffi::OsStr::new("..")).is_err());
+        assert!(root.join(std::ffi::OsStr::new("a/b")).is_err());
     }
 
     #[test]

@@ -1,0 +1,4 @@
+//! Compaction: from an image's layers and its profile to a one-layer image
+//! holding only what the workload uses.
+
+pub mod tree;
