@@ -1,4 +1,5 @@
 //! Compaction: from an image's layers and its profile to a one-layer image
 //! holding only what the workload uses.
 
+pub mod closure;
 pub mod tree;
