@@ -2,4 +2,5 @@
 //! holding only what the workload uses.
 
 pub mod closure;
+pub mod layer;
 pub mod tree;
