@@ -7,6 +7,7 @@
 
 mod access;
 pub mod journal;
+pub mod merge;
 mod path;
 mod reader;
 mod writer;

@@ -1,0 +1,196 @@
+//! Merging profiles of one image (runs on several nodes, or several runs):
+//! each path's earliest first access, the union of its kinds.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::journal::{self, Header};
+use super::{Entry, ImagePath, KindSet, Profile};
+
+/// Why profiles could not be merged.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    /// No input.
+    #[error("no profiles to merge")]
+    Empty,
+    /// Inputs name different images.
+    #[error("{path} is a profile of image {found}, the others of {wanted}: refusing to merge")]
+    OtherImage {
+        /// The odd one out.
+        path: PathBuf,
+        /// Its image.
+        found: String,
+        /// The image of the first input that named one.
+        wanted: String,
+    },
+    /// The output could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The output file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Merges `inputs` (path, profile). Times are taken relative to each input's
+/// start; the merged profile starts at the earliest start.
+pub fn merge(inputs: &[(PathBuf, Profile)]) -> Result<Profile, MergeError> {
+    let Some((_, first)) = inputs.first() else {
+        return Err(MergeError::Empty);
+    };
+    let mut image: Option<String> = None;
+    for (path, p) in inputs {
+        match (&image, &p.header.image) {
+            (Some(wanted), Some(found)) if wanted != found => {
+                return Err(MergeError::OtherImage {
+                    path: path.clone(),
+                    found: found.clone(),
+                    wanted: wanted.clone(),
+                });
+            }
+            (None, Some(found)) => image = Some(found.clone()),
+            _ => {}
+        }
+    }
+    let created = inputs
+        .iter()
+        .map(|(_, p)| p.header.created_unix_ns)
+        .min()
+        .unwrap_or(0);
+    let mut index: HashMap<ImagePath, (usize, KindSet)> = HashMap::new();
+    let mut entries: Vec<Entry> = Vec::new();
+    for (_, p) in inputs {
+        let shift = p.header.created_unix_ns - created;
+        for e in &p.entries {
+            let at = e.first_access_ns + shift;
+            match index.get_mut(&e.path) {
+                Some((i, kinds)) => {
+                    let merged = &mut entries[*i];
+                    merged.first_access_ns = merged.first_access_ns.min(at);
+                    for k in &e.accesses {
+                        if kinds.insert(*k) {
+                            merged.accesses.push(*k);
+                        }
+                    }
+                }
+                None => {
+                    let mut kinds = KindSet::default();
+                    for k in &e.accesses {
+                        kinds.insert(*k);
+                    }
+                    index.insert(e.path.clone(), (entries.len(), kinds));
+                    entries.push(Entry {
+                        first_access_ns: at,
+                        ..e.clone()
+                    });
+                }
+            }
+        }
+    }
+    entries.sort_by_key(|e| e.first_access_ns);
+    Ok(Profile {
+        header: Header {
+            image,
+            created_unix_ns: created,
+            writer: first.header.writer.clone(),
+        },
+        entries,
+        valid_len: 0,
+        torn_tail_bytes: 0,
+        records: 0,
+    })
+}
+
+/// Writes `profile` as a journal at `path`, atomically (temporary file, fsync, rename).
+pub fn write(profile: &Profile, path: &Path) -> Result<(), MergeError> {
+    let err = |source| MergeError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = journal::encode_header(&profile.header);
+    for e in &profile.entries {
+        // One record per kind, all at the entry's first access: kinds keep their order.
+        for k in &e.accesses {
+            journal::encode_record(&mut bytes, e.first_access_ns, *k as u8, e.path.as_bytes());
+        }
+    }
+    let tmp = path.with_extension("pare-tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(err)?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::AccessKind::*;
+    use crate::profile::{AccessKind, read_bytes};
+
+    fn profile(
+        image: Option<&str>,
+        created: u64,
+        entries: &[(&str, u64, &[AccessKind])],
+    ) -> Profile {
+        let mut bytes = journal::encode_header(&Header {
+            image: image.map(String::from),
+            created_unix_ns: created,
+            writer: "t".into(),
+        });
+        for (path, ns, kinds) in entries {
+            for k in *kinds {
+                journal::encode_record(&mut bytes, *ns, *k as u8, path.as_bytes());
+            }
+        }
+        read_bytes(Path::new("t"), &bytes).unwrap()
+    }
+
+    #[test]
+    fn earliest_first_access_and_union_of_kinds() {
+        let a = profile(
+            Some("sha256:x"),
+            1_000,
+            &[
+                ("/bin/sh", 10, &[Lookup, Exec]),
+                ("/etc/passwd", 20, &[Read]),
+            ],
+        );
+        let b = profile(
+            Some("sha256:x"),
+            1_005,
+            &[("/etc/passwd", 1, &[Lookup]), ("/bin/sh", 50, &[Read])],
+        );
+        let merged = merge(&[("a".into(), a), ("b".into(), b)]).unwrap();
+        let got: Vec<_> = merged
+            .entries
+            .iter()
+            .map(|e| (e.path.to_string(), e.first_access_ns, e.accesses.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/etc/passwd".into(), 6, vec![Read, Lookup]),
+                ("/bin/sh".into(), 10, vec![Lookup, Exec, Read]),
+            ]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m");
+        write(&merged, &out).unwrap();
+        let back = crate::profile::read(&out).unwrap();
+        assert_eq!(back.entries, merged.entries);
+        assert_eq!(back.header.image.as_deref(), Some("sha256:x"));
+    }
+
+    #[test]
+    fn profiles_of_different_images_are_refused() {
+        let a = profile(Some("sha256:x"), 0, &[]);
+        let b = profile(None, 0, &[]);
+        let c = profile(Some("sha256:y"), 0, &[]);
+        let err = merge(&[("a".into(), a), ("b".into(), b), ("c".into(), c)]).unwrap_err();
+        assert!(matches!(err, MergeError::OtherImage { .. }), "{err}");
+        assert!(matches!(merge(&[]), Err(MergeError::Empty)));
+    }
+}
