@@ -7,7 +7,7 @@ use anyhow::{Context, Result, ensure};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pare_tests::containerd::{Containerd, Ctr, mounts_under, shims_of};
+use pare_tests::containerd::{Containerd, mounts_under, shims_of};
 use pare_tests::images::{MTIME, harness_image, run_checks};
 use pare_tests::mounts::Scratch;
 use pare_tests::oci::{DEFAULT_TOOLS, Image, host_tools_layer};

@@ -2,3 +2,5 @@
 //! minimized image (closure, tar and OCI writers, containerd client).
 
 pub mod compact;
+pub mod containerd;
+pub mod oci;

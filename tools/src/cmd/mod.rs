@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 
+mod compact;
 mod mount;
 mod profile;
 
@@ -19,6 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Mount(mount::MountArgs),
+    Compact(compact::CompactArgs),
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
 }
@@ -27,6 +29,20 @@ enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mount(args) => mount::run(args),
+        Command::Compact(args) => compact::run(args),
         Command::Profile(cmd) => profile::run(cmd),
     }
+}
+
+/// The profile recorded on this node for `image` (looked up through containerd).
+fn image_profile(
+    address: &std::path::Path,
+    namespace: &str,
+    root: &std::path::Path,
+    image: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(compact::profile_of(address, namespace, root, image))
 }

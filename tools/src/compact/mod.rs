@@ -2,5 +2,8 @@
 //! holding only what the workload uses.
 
 pub mod closure;
+pub mod dpkg;
+pub mod elf;
 pub mod layer;
+pub mod plan;
 pub mod tree;

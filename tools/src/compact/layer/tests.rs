@@ -6,7 +6,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use pare_fs::layers::LayerStack;
 
 use super::*;
-use crate::compact::closure::{Index, Reason, Selection};
+use crate::compact::closure::{Index, Selection};
 
 fn p(s: &str) -> ImagePath {
     ImagePath::new(s.as_bytes().to_vec()).unwrap()

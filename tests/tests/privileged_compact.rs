@@ -1,0 +1,226 @@
+//! `pare compact` end to end: an image runs under pare-snapshotter, is
+//! compacted, and the minimized image runs the same workload with the stock
+//! overlayfs snapshotter, holding only the workload's closure with every kept
+//! entry's metadata intact. Compaction is deterministic, and the OCI layout
+//! output imports with `ctr`.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use pare_tests::containerd::{Containerd, Ctr};
+use pare_tests::images::harness_image;
+use pare_tests::mounts::Scratch;
+use pare_tests::prereq::{Need, pare_bin, privileged};
+use pare_tests::snapshotter::PareSnapshotter;
+
+const IMAGE: &str = "docker.io/pare-tests/compact:v1";
+const MINIMIZED: &str = "docker.io/pare-tests/compact:v1-pare";
+
+const NEEDS: &[Need] = &[
+    Need::Root,
+    Need::Fuse,
+    Need::Overlay,
+    Need::Command("containerd"),
+    Need::Command("ctr"),
+    Need::Command("runc"),
+    Need::Command("getfattr"),
+];
+
+/// The workload: reads, a symlinked dir, special bits and xattrs.
+const WORKLOAD: &str = "cat /data/keep.txt /data/alias/inner.txt /data/opaque/upper1; \
+    stat -c '%n %a %u:%g %Y %h' /data/suid /data/owned /data/link-a; \
+    getfattr --absolute-names -e hex -n security.capability /data/capfile";
+
+/// Every entry as `find` prints it (directories without size and link count,
+/// which depend on the file system holding them), sorted.
+const WALK: &str = "find / -xdev -mindepth 1 \\( -path /proc -o -path /sys -o -path /dev -o -path /run \\) -prune \
+    -o \\( -type d -printf '%p %y %m %U:%G %T@\\n' \\) -o -printf '%p %y %m %U:%G %s %T@ %n %l\\n'";
+
+fn compact(node: &Node, extra: &[&str]) -> Result<String> {
+    let out = Command::new(pare_bin())
+        .arg("compact")
+        .arg("--address")
+        .arg(node.containerd.address())
+        .args(["--namespace", "pare-tests", "--root"])
+        .arg(node.pare.root())
+        .args(extra)
+        .arg(IMAGE)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "pare compact failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+struct Node {
+    containerd: Containerd,
+    pare: PareSnapshotter,
+    scratch: Scratch,
+}
+
+fn walk(ctr: &Ctr, image: &str, id: &str) -> Result<BTreeMap<String, String>> {
+    let out = ctr.run(image, id, "overlayfs", &["sh", "-c", WALK])?;
+    Ok(out
+        .lines()
+        .map(|l| (l.split(' ').next().unwrap_or("").to_string(), l.to_string()))
+        .collect())
+}
+
+fn manifest_digest(summary: &str) -> Option<&str> {
+    summary.split("manifest ").nth(1)?.split(';').next()
+}
+
+#[test]
+fn privileged_compacted_image_runs_the_workload_and_holds_only_its_closure() -> Result<()> {
+    if !privileged(
+        "privileged_compacted_image_runs_the_workload_and_holds_only_its_closure",
+        NEEDS,
+    ) {
+        return Ok(());
+    }
+    let scratch = Scratch::new()?;
+    let pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
+    let containerd = Containerd::start(
+        &scratch.path().join("containerd"),
+        &pare.containerd_config(),
+    )?;
+    let node = Node {
+        containerd,
+        pare,
+        scratch,
+    };
+    let result = check(&node);
+    if result.is_err() {
+        eprintln!("pare-snapshotter log:\n{}", node.pare.log_text());
+    }
+    result
+}
+
+fn check(node: &Node) -> Result<()> {
+    let ctr = node.containerd.ctr();
+    let tarball = node.scratch.path().join("image.tar");
+    harness_image(None)?.write_oci_archive(IMAGE, &tarball)?;
+    ctr.import(&tarball, "pare")?;
+    ctr.import(&tarball, "overlayfs")?;
+    let expected = ctr.run(IMAGE, "profile-run", "pare", &["sh", "-c", WORKLOAD])?;
+    ensure!(
+        expected.contains("keep\ninner\nupper1\n"),
+        "workload output: {expected}"
+    );
+
+    let summary = compact(node, &[])?;
+    let again = compact(node, &[])?;
+    let digest = manifest_digest(&summary).context("summary names the manifest")?;
+    ensure!(
+        Some(digest) == manifest_digest(&again),
+        "compacting twice gives one digest:\n{summary}\n{again}"
+    );
+
+    // The minimized image, on the stock snapshotter, runs the workload identically.
+    let minimized = ctr.run(
+        MINIMIZED,
+        "minimized-run",
+        "overlayfs",
+        &["sh", "-c", WORKLOAD],
+    )?;
+    ensure!(
+        minimized == expected,
+        "minimized output {minimized:?}, original {expected:?}"
+    );
+
+    // It holds the closure only: never-used tools and files are gone.
+    let probe = |paths: &[&str]| -> Result<Vec<String>> {
+        let script = format!(
+            "for p in {}; do test -e $p -o -h $p && echo $p; done; true",
+            paths.join(" ")
+        );
+        let out = ctr.run(MINIMIZED, "probe", "overlayfs", &["sh", "-c", &script])?;
+        Ok(out.lines().map(String::from).collect())
+    };
+    let unused = [
+        "/usr/bin/ls",
+        "/usr/bin/sleep",
+        "/usr/bin/wc",
+        "/usr/bin/find",
+        "/data/gone.txt",
+        "/data/pipe",
+        "/data/null",
+        "/data/opaque/lower1",
+    ];
+    ensure!(
+        probe(&unused)?.is_empty(),
+        "never-used entries kept: {:?}",
+        probe(&unused)?
+    );
+    let used = [
+        "/data/keep.txt",
+        "/data/real/inner.txt",
+        "/data/alias",
+        "/data/opaque/upper1",
+        "/usr/bin/getfattr",
+        "/usr/bin/cat",
+        "/etc/passwd",
+        "/tmp",
+    ];
+    ensure!(
+        probe(&used)? == used,
+        "used entries kept: {:?}",
+        probe(&used)?
+    );
+
+    // Every kept entry's metadata equals the original's: walked with find,
+    // which `--include-exec` keeps on purpose, with its ELF closure.
+    let walkable = "docker.io/pare-tests/compact:walk";
+    compact(
+        node,
+        &["--include-exec", "/usr/bin/find", "--tag", walkable],
+    )?;
+    let original = walk(&ctr, IMAGE, "walk-original")?;
+    let small = walk(&ctr, walkable, "walk-minimized")?;
+    for (path, line) in &small {
+        let orig = original
+            .get(path)
+            .with_context(|| format!("{path} is not in the original image"))?;
+        ensure!(
+            orig == line,
+            "metadata differs:\noriginal:  {orig}\nminimized: {line}"
+        );
+    }
+    ensure!(!small.contains_key("/usr/bin/ls") && small.contains_key("/usr/bin/find"));
+
+    // The OCI layout output imports with ctr and runs the same.
+    let layout = node.scratch.path().join("layout");
+    compact(
+        node,
+        &[
+            "--oci-layout",
+            layout.to_str().unwrap(),
+            "--tag",
+            "docker.io/pare-tests/compact:layout",
+        ],
+    )?;
+    let tar = node.scratch.path().join("layout.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()?;
+    ensure!(status.success(), "tar of the layout");
+    ctr.import(&tar, "overlayfs")?;
+    let from_layout = ctr.run(
+        "docker.io/pare-tests/compact:layout",
+        "layout-run",
+        "overlayfs",
+        &["sh", "-c", WORKLOAD],
+    )?;
+    ensure!(
+        from_layout == expected,
+        "layout image output {from_layout:?}"
+    );
+    Ok(())
+}

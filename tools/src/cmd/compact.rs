@@ -1,0 +1,254 @@
+//! `pare compact`: the minimized image of IMAGE, from its layers and profile.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use pare_fs::layers::LayerStack;
+use pare_fs::profile::{self, ImagePath};
+use pare_tools::compact::closure::Index;
+use pare_tools::compact::layer::{self, Compression};
+use pare_tools::compact::plan::{self, Rules};
+use pare_tools::compact::tree::ImageTree;
+use pare_tools::containerd::Client;
+use pare_tools::oci::{self, ANNOTATION_PROFILE, ANNOTATION_SOURCE_IMAGE, Blob};
+
+/// Build a minimized image holding only what IMAGE's workload used.
+///
+/// Reads IMAGE from containerd, its profile (recorded by pare-snapshotter, or
+/// --profile), its layers, and writes a one-layer image: into containerd as
+/// --tag (default: IMAGE's tag with the suffix -pare), or as an OCI image
+/// layout with --oci-layout.
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// containerd socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    address: PathBuf,
+    /// containerd namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// pare-snapshotter's state directory (where profiles/ is).
+    #[arg(long, default_value = "/var/lib/pare")]
+    root: PathBuf,
+    /// The profile journal to use instead of the one recorded for IMAGE.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Name of the new image in containerd.
+    #[arg(long)]
+    tag: Option<String>,
+    /// Write an OCI image layout to this directory instead of into containerd.
+    #[arg(long)]
+    oci_layout: Option<PathBuf>,
+    /// Also keep image paths matching this glob (repeatable).
+    #[arg(long)]
+    include: Vec<String>,
+    /// Drop image paths matching this glob (repeatable).
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Keep this program with its ELF closure (repeatable).
+    #[arg(long)]
+    include_exec: Vec<String>,
+    /// Layer compression.
+    #[arg(long, value_enum, default_value = "gzip")]
+    compression: Compression,
+    /// The snapshotter IMAGE is unpacked with (its layer directories are read).
+    #[arg(long, default_value = "pare")]
+    snapshotter: String,
+    /// The image to minimize.
+    image: String,
+}
+
+/// The default name of the minimized image: IMAGE's tag with `-pare`.
+pub fn default_tag(image: &str) -> anyhow::Result<String> {
+    if image.contains('@') {
+        bail!("{image} is a digest reference; give the new image a name with --tag");
+    }
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    Ok(if image[name_start..].contains(':') {
+        format!("{image}-pare")
+    } else {
+        format!("{image}:latest-pare")
+    })
+}
+
+pub fn run(args: CompactArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(compact(args))
+}
+
+async fn compact(args: CompactArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let tag = match (&args.tag, &args.oci_layout) {
+        (Some(tag), _) => tag.clone(),
+        (None, _) => default_tag(&args.image)?,
+    };
+    let client = Client::connect(&args.address, &args.namespace).await?;
+    let source = client.image(&args.image).await?;
+
+    let profile_path = match &args.profile {
+        Some(path) => path.clone(),
+        None => args.root.join("profiles").join(&source.top_chain_id),
+    };
+    let profile_bytes = std::fs::read(&profile_path).with_context(|| {
+        format!(
+            "no profile for {} (chain {}) at {}: run the image under pare-snapshotter first, or pass --profile",
+            args.image,
+            source.top_chain_id,
+            profile_path.display()
+        )
+    })?;
+    let profile = profile::read_bytes(&profile_path, &profile_bytes)?;
+    match &profile.header.image {
+        Some(chain) if chain != &source.top_chain_id => bail!(
+            "{} is a profile of image chain {chain}, not of {} ({})",
+            profile_path.display(),
+            args.image,
+            source.top_chain_id
+        ),
+        None => {
+            tracing::warn!(profile = %profile_path.display(), "the profile does not name its image; using it as given")
+        }
+        _ => {}
+    }
+
+    let dirs = client
+        .layer_dirs(&args.snapshotter, &source.top_chain_id)
+        .await?;
+    let stack = LayerStack::open(dirs)?;
+    let tree = ImageTree::new(stack);
+    let index = Index::build(&tree).context("cannot read the image's layers")?;
+    let paths: Vec<ImagePath> = profile.entries.iter().map(|e| e.path.clone()).collect();
+    let rules = Rules {
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        include_exec: args.include_exec.clone(),
+    };
+    let plan = plan::plan(&tree, &index, &paths, &rules)?;
+    if !plan.missing.is_empty() {
+        tracing::warn!(count = plan.missing.len(), first = %plan.missing[0], "profiled paths not in the image");
+    }
+    for name in &plan.unresolved {
+        tracing::warn!(library = %name, "an --include-exec dependency is not in the image");
+    }
+
+    let bar = progress_bar(plan.after.bytes);
+    let out = layer::write(
+        &tree,
+        &plan.kept,
+        &plan.contents,
+        args.compression,
+        &|done| {
+            if let Some(bar) = &bar {
+                bar.set_position(done);
+            }
+        },
+    )?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        ANNOTATION_SOURCE_IMAGE.to_string(),
+        source.manifest_digest.clone(),
+    );
+    annotations.insert(
+        ANNOTATION_PROFILE.to_string(),
+        oci::sha256_digest(&profile_bytes),
+    );
+    let layer_blob = Blob::new(args.compression.media_type(), out.blob);
+    let layer_size = layer_blob.bytes.len();
+    let image = oci::build_image(
+        &source.config,
+        layer_blob,
+        &out.diff_id,
+        &annotations,
+        &format!(
+            "pare compact {} (profile {})",
+            args.image, source.top_chain_id
+        ),
+    )?;
+    let destination = match &args.oci_layout {
+        Some(dir) => {
+            oci::write_layout(dir, &image, &tag)?;
+            format!("OCI layout {} ({tag})", dir.display())
+        }
+        None => {
+            client.store_image(&tag, &image).await?;
+            tag.clone()
+        }
+    };
+    let (b, a) = (plan.before, plan.after);
+    println!(
+        "{destination}: {} of {} files, {} of {} bytes ({:.1}%), {} of {} packages; layer {} ({} bytes compressed); manifest {}; {:.1} s",
+        a.files,
+        b.files,
+        a.bytes,
+        b.bytes,
+        100.0 * a.bytes as f64 / b.bytes.max(1) as f64,
+        a.packages,
+        b.packages,
+        out.diff_id,
+        layer_size,
+        image.manifest.digest,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} writing layer {bytes}/{total_bytes} [{bar:30}] {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(bar)
+}
+
+/// Where `image`'s profile is on this node.
+pub async fn profile_of(
+    address: &Path,
+    namespace: &str,
+    root: &Path,
+    image: &str,
+) -> anyhow::Result<PathBuf> {
+    let client = Client::connect(address, namespace).await?;
+    let source = client.image(image).await?;
+    let path = root.join("profiles").join(&source.top_chain_id);
+    anyhow::ensure!(
+        path.exists(),
+        "no profile for {image} (chain {}) in {}",
+        source.top_chain_id,
+        root.join("profiles").display()
+    );
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_tags_add_a_suffix() {
+        let cases = [
+            (
+                "docker.io/library/python:3.11",
+                "docker.io/library/python:3.11-pare",
+            ),
+            ("localhost:5000/app", "localhost:5000/app:latest-pare"),
+            ("app", "app:latest-pare"),
+        ];
+        for (image, want) in cases {
+            assert_eq!(super::default_tag(image).unwrap(), want);
+        }
+        assert!(super::default_tag("app@sha256:00").is_err());
+    }
+}

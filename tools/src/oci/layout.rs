@@ -1,0 +1,202 @@
+//! The OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/*`), as a
+//! directory or as the tar archive that `ctr images import` reads.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use super::{
+    ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, Blob, MEDIA_INDEX, NewImage, OciError,
+    canonical_json,
+};
+
+/// Content of the `oci-layout` file.
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OciError {
+    let path = path.to_path_buf();
+    move |source| OciError::Io { op, path, source }
+}
+
+/// Writes `image` into the OCI image layout directory `dir`, named `ref_name`
+/// (a full reference such as `docker.io/library/app:slim`).
+///
+/// `dir` is created when missing; a non-empty directory without `oci-layout`
+/// is refused. Into an existing layout the blobs are added and `index.json`
+/// keeps its other images (an entry of the same name is replaced). The index
+/// entry carries `ref_name` as `io.containerd.image.name` (what `ctr images
+/// import` names the image by) and its tag as
+/// `org.opencontainers.image.ref.name` (what `skopeo copy oci:DIR:TAG` and
+/// the OCI spec use), plus the config's platform. Files are written to a
+/// temporary name and renamed. `ctr images import` needs a tar archive of
+/// the layout: see [`write_layout_tar`], or `tar -C DIR -cf OUT.tar .`.
+pub fn write_layout(dir: &Path, image: &NewImage, ref_name: &str) -> Result<(), OciError> {
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let layout_file = dir.join("oci-layout");
+    if !layout_file.exists() {
+        let mut entries = std::fs::read_dir(dir).map_err(io("read", dir))?;
+        if entries.next().is_some() {
+            return Err(OciError::NotALayout {
+                dir: dir.to_path_buf(),
+            });
+        }
+        write_atomic(&layout_file, OCI_LAYOUT)?;
+    }
+    let blobs = dir.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs).map_err(io("create", &blobs))?;
+    for blob in blobs_of(image) {
+        let path = blobs.join(blob.hex());
+        let present = std::fs::metadata(&path).is_ok_and(|m| m.len() == blob.bytes.len() as u64);
+        if !present {
+            write_atomic(&path, &blob.bytes)?;
+        }
+    }
+    let index_path = dir.join("index.json");
+    let others = match std::fs::read(&index_path) {
+        Ok(bytes) => other_entries(&index_path, &bytes, ref_name)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io("read", &index_path)(e)),
+    };
+    write_atomic(&index_path, &index_json(image, ref_name, others)?)
+}
+
+/// Writes the OCI image layout of `image` named `ref_name` (as
+/// [`write_layout`] lays it out) as a tar archive at `path`, ready for `ctr
+/// images import`. The archive is deterministic: entries in a fixed order,
+/// owned by root, with mtime 0.
+pub fn write_layout_tar(path: &Path, image: &NewImage, ref_name: &str) -> Result<(), OciError> {
+    let tmp = tmp_path(path);
+    let file = File::create(&tmp).map_err(io("create", &tmp))?;
+    let mut tar = tar::Builder::new(BufWriter::new(file));
+    let index = index_json(image, ref_name, Vec::new())?;
+    let mut entries: Vec<(String, &[u8])> = vec![
+        ("oci-layout".into(), OCI_LAYOUT),
+        ("index.json".into(), &index),
+    ];
+    for blob in blobs_of(image) {
+        entries.push((format!("blobs/sha256/{}", blob.hex()), &blob.bytes));
+    }
+    let result = (|| {
+        for dir in ["blobs/", "blobs/sha256/"] {
+            append(&mut tar, dir, tar::EntryType::Directory, 0o755, &[])?;
+        }
+        for (name, bytes) in &entries {
+            append(&mut tar, name, tar::EntryType::Regular, 0o644, bytes)?;
+        }
+        let mut out = tar.into_inner()?;
+        out.flush()?;
+        out.get_ref().sync_all()
+    })();
+    if let Err(source) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(OciError::Io {
+            op: "write",
+            path: tmp,
+            source,
+        });
+    }
+    std::fs::rename(&tmp, path).map_err(io("rename", &tmp))
+}
+
+fn append(
+    tar: &mut tar::Builder<BufWriter<File>>,
+    name: &str,
+    kind: tar::EntryType,
+    mode: u32,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(bytes.len() as u64);
+    tar.append_data(&mut header, name, bytes)
+}
+
+/// The image's blobs, each once (config, layer, manifest).
+fn blobs_of(image: &NewImage) -> Vec<&Blob> {
+    let mut blobs = vec![&image.config, &image.layer, &image.manifest];
+    blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
+    blobs.dedup_by(|a, b| a.digest == b.digest);
+    blobs
+}
+
+/// The tag of a reference (`latest` when it has none); a digest reference
+/// (`name@sha256:...`) is kept whole.
+pub(super) fn tag_of(ref_name: &str) -> &str {
+    if ref_name.contains('@') {
+        return ref_name;
+    }
+    ref_name
+        .rsplit_once(':')
+        .filter(|(_, tag)| !tag.contains('/'))
+        .map_or("latest", |(_, tag)| tag)
+}
+
+/// The manifests of an existing `index.json` other than the one named `ref_name`.
+fn other_entries(path: &Path, bytes: &[u8], ref_name: &str) -> Result<Vec<Value>, OciError> {
+    let bad = |reason: &str| OciError::BadIndex {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let index: Value = serde_json::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
+    let manifests = match index.get("manifests") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(manifests)) => manifests,
+        Some(_) => return Err(bad("`manifests` is not an array")),
+    };
+    Ok(manifests
+        .iter()
+        .filter(|m| {
+            m.pointer(&format!(
+                "/annotations/{}",
+                ANNOTATION_IMAGE_NAME.replace('/', "~1")
+            ))
+            .and_then(Value::as_str)
+                != Some(ref_name)
+        })
+        .cloned()
+        .collect())
+}
+
+fn index_json(image: &NewImage, ref_name: &str, others: Vec<Value>) -> Result<Vec<u8>, OciError> {
+    let mut entry = image.descriptor();
+    entry["annotations"] = json!({
+        ANNOTATION_IMAGE_NAME: ref_name,
+        ANNOTATION_REF_NAME: tag_of(ref_name),
+    });
+    entry["platform"] = image.platform();
+    let mut manifests = others;
+    manifests.push(entry);
+    let index = json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": manifests});
+    canonical_json(index, "the image index")
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OciError> {
+    let tmp = tmp_path(path);
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(source) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(OciError::Io {
+            op: "write",
+            path: tmp,
+            source,
+        });
+    }
+    std::fs::rename(&tmp, path).map_err(io("rename", &tmp))
+}
