@@ -191,6 +191,24 @@ fn check(node: &Node) -> Result<()> {
     }
     ensure!(!small.contains_key("/usr/bin/ls") && small.contains_key("/usr/bin/find"));
 
+    // A profile of another image is refused, with one clear line.
+    let foreign = node.scratch.path().join("foreign.profile");
+    pare_fs::profile::Recorder::open(
+        &foreign,
+        Some("sha256:0000".into()),
+        std::time::Duration::from_millis(10),
+    )?
+    .finish()?;
+    let err = compact(
+        node,
+        &["--profile", foreign.to_str().unwrap(), "--tag", "x:y"],
+    )
+    .unwrap_err();
+    ensure!(
+        format!("{err:#}").contains("is a profile of image chain sha256:0000"),
+        "refusal message: {err:#}"
+    );
+
     // The OCI layout output imports with ctr and runs the same.
     let layout = node.scratch.path().join("layout");
     compact(
