@@ -1,8 +1,11 @@
 //! Shared helpers of the benchmarks: the layered test image, the mounts under
 //! comparison, timing and statistics.
 
+pub mod images;
 pub mod layers;
+pub mod machine;
 pub mod mounts;
+pub mod node;
 pub mod stats;
 
 use std::path::{Path, PathBuf};

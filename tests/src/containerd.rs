@@ -308,7 +308,7 @@ impl Ctr {
     /// `ctr run --rm --snapshotter S IMAGE ID CMD...` (the image's entrypoint
     /// and cmd when `cmd` is empty); returns the container's stdout.
     pub fn run(&self, image: &str, id: &str, snapshotter: &str, cmd: &[&str]) -> Result<String> {
-        let out = self.run_with("--rm", image, id, snapshotter, cmd)?;
+        let out = self.run_with(&["--rm"], image, id, snapshotter, cmd)?;
         String::from_utf8(out.stdout).context("container stdout is not UTF-8")
     }
 
@@ -321,29 +321,42 @@ impl Ctr {
         snapshotter: &str,
         cmd: &[&str],
     ) -> Result<()> {
-        self.run_with("--detach", image, id, snapshotter, cmd)?;
+        self.run_with(&["--detach"], image, id, snapshotter, cmd)?;
+        Ok(())
+    }
+
+    /// Like [`Ctr::run_detached`], in the host's network namespace (a
+    /// service listening on 127.0.0.1 is reachable from the test).
+    pub fn run_detached_host_net(
+        &self,
+        image: &str,
+        id: &str,
+        snapshotter: &str,
+        cmd: &[&str],
+    ) -> Result<()> {
+        self.run_with(&["--detach", "--net-host"], image, id, snapshotter, cmd)?;
         Ok(())
     }
 
     fn run_with(
         &self,
-        mode: &str,
+        flags: &[&str],
         image: &str,
         id: &str,
         snapshotter: &str,
         cmd: &[&str],
     ) -> Result<Output> {
         let runc_root = self.runc_root.to_str().context("non-UTF-8 runc root")?;
-        let mut args = vec![
-            "run",
-            mode,
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[
             "--runc-root",
             runc_root,
             "--snapshotter",
             snapshotter,
             image,
             id,
-        ];
+        ]);
         args.extend_from_slice(cmd);
         self.ctr(&args)
     }

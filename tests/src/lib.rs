@@ -3,6 +3,8 @@
 //! always cleaned up.
 
 pub mod containerd;
+pub mod debian;
+pub mod dirtar;
 pub mod fixture;
 pub mod images;
 pub mod layer;
@@ -10,4 +12,5 @@ pub mod mounts;
 pub mod oci;
 pub mod prereq;
 pub mod snapshotter;
+pub mod story;
 pub mod walk;

@@ -4,3 +4,4 @@
 pub mod compact;
 pub mod containerd;
 pub mod oci;
+pub mod report;

@@ -95,7 +95,9 @@ impl Workload {
         let root = root.display();
         let script = match self {
             Self::ImportCold | Self::ImportWarm => format!("chroot '{root}' python3 -c '{IMPORT}'"),
-            Self::FindCold => format!("chroot '{root}' find / -xdev -printf '%s %m %U %G %T@\\n' | wc -l"),
+            Self::FindCold => {
+                format!("chroot '{root}' find / -xdev -printf '%s %m %U %G %T@\\n' | wc -l")
+            }
             Self::ReadCold => format!("cd '{root}' && tar cf - . | wc -c"),
         };
         let mut cmd = Command::new("sh");

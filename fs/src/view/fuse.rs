@@ -14,8 +14,8 @@ use std::time::Duration;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 
 use super::inodes::{DirEntry, Inodes, Node, file_type};
@@ -200,9 +200,11 @@ fn io_errno(e: std::io::Error) -> Errno {
 
 impl Filesystem for ViewFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // No READDIRPLUS: attributes handed over with a listing would let the
+        // kernel answer a later stat of a child without a LOOKUP, and that
+        // access would be missing from the profile (Python stats a module's
+        // source next to its cached bytecode, and needs it kept).
         for flag in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ASYNC_READ,
@@ -431,53 +433,6 @@ impl Filesystem for ViewFs {
         for (i, entry) in listing.iter().enumerate().skip(skip) {
             let next = FIRST_ENTRY_OFFSET + i as u64 + 1;
             if reply.add(entry.ino, next, entry.kind, &entry.name) {
-                break;
-            }
-        }
-        reply.ok();
-    }
-
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        let node = match self.node(ino) {
-            Ok(node) => node,
-            Err(e) => return reply.error(e),
-        };
-        let listing = match self.listing(&node, ino) {
-            Ok(listing) => listing,
-            Err(e) => return reply.error(e),
-        };
-        self.record(&node, AccessKind::Readdir);
-        let parent_attr = match self.node(node.parent) {
-            Ok(parent) => parent.attr,
-            Err(e) => return reply.error(e),
-        };
-        let dots = [(".", node.attr), ("..", parent_attr)];
-        for (i, (name, attr)) in dots.iter().enumerate().skip(offset as usize) {
-            if reply.add(attr.ino, i as u64 + 1, name, &self.ttl, attr, Generation(0)) {
-                return reply.ok();
-            }
-        }
-        let skip = offset.saturating_sub(FIRST_ENTRY_OFFSET) as usize;
-        for (i, entry) in listing.iter().enumerate().skip(skip) {
-            let Some(child) = self.inodes.get(entry.ino) else {
-                continue;
-            };
-            let next = FIRST_ENTRY_OFFSET + i as u64 + 1;
-            if reply.add(
-                entry.ino,
-                next,
-                &entry.name,
-                &self.ttl,
-                &child.attr,
-                Generation(0),
-            ) {
                 break;
             }
         }

@@ -3,6 +3,7 @@
 mod compact;
 mod mount;
 mod profile;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,7 @@ pub struct Cli {
 enum Command {
     Mount(mount::MountArgs),
     Compact(compact::CompactArgs),
+    Report(report::ReportArgs),
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
 }
@@ -30,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mount(args) => mount::run(args),
         Command::Compact(args) => compact::run(args),
+        Command::Report(args) => report::run(args),
         Command::Profile(cmd) => profile::run(cmd),
     }
 }

@@ -1,0 +1,176 @@
+//! The container bench's images as OCI archives, built once and cached beside
+//! the Debian rootfs: "tools" (a few host binaries, one layer) and "python"
+//! (the Debian python3 rootfs in the two layers of [`crate::layers`]).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, ensure};
+use pare_tests::oci::{BuiltLayer, Digest, Image, ImageConfig, gzip, host_tools_layer};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::layers;
+use pare_tests::dirtar;
+
+/// Bump when an image below changes, so the cache key changes with it.
+const RECIPE: &str = "v1: tools = host_tools_layer(sh, true, cat, sleep) at MTIME; \
+                      python = layers::split (base, top), dev/proc/sys empty, gzip 6";
+
+/// mtime of the tools layer's entries.
+const MTIME: u64 = 1_700_000_000;
+
+/// Directories of the rootfs kept as empty mount targets.
+const MOUNT_TARGETS: &[&str] = &["dev", "proc", "sys"];
+
+/// The two images, as OCI archives for `ctr images import`.
+#[derive(Debug, Clone)]
+pub struct Archives {
+    /// The tools image ([`TOOLS`]).
+    pub tools: PathBuf,
+    /// The python image ([`PYTHON`]).
+    pub python: PathBuf,
+}
+
+/// Reference of the tools image.
+pub const TOOLS: &str = "docker.io/pare/bench-tools:v1";
+/// Reference of the python image.
+pub const PYTHON: &str = "docker.io/pare/bench-python:v1";
+
+/// The archives under `<cache>/bench-containers-<hash of rootfs path and
+/// recipe>/`, built in a temporary directory and renamed into place when
+/// complete.
+pub fn archives(rootfs: &Path) -> anyhow::Result<Archives> {
+    let cache = rootfs
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("/var/cache/pare-tests"));
+    let key = Sha256::digest(format!("{}\n{RECIPE}", rootfs.display()));
+    let hex: String = key.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let dir = cache.join(format!("bench-containers-{hex}"));
+    let archives = Archives {
+        tools: dir.join("tools.tar"),
+        python: dir.join("python.tar"),
+    };
+    if dir.exists() {
+        return Ok(archives);
+    }
+
+    eprintln!("building the bench images in {}", dir.display());
+    let tmp = cache.join(format!(
+        ".tmp-bench-containers-{hex}-{}",
+        std::process::id()
+    ));
+    let built = fs::create_dir_all(&tmp)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| build(rootfs, &tmp));
+    if let Err(e) = built {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e.context("cannot build the bench images"));
+    }
+    rustix::fs::sync();
+    if let Err(e) = fs::rename(&tmp, &dir) {
+        let _ = fs::remove_dir_all(&tmp);
+        // Another run may have renamed its copy first; then use that one.
+        ensure!(
+            dir.exists(),
+            "cannot rename {} to {}: {e}",
+            tmp.display(),
+            dir.display()
+        );
+    }
+    Ok(archives)
+}
+
+fn build(rootfs: &Path, dir: &Path) -> anyhow::Result<()> {
+    Image::new()
+        .layer(&host_tools_layer(MTIME, &["sh", "true", "cat", "sleep"])?)?
+        .config(ImageConfig {
+            cmd: vec!["true".into()],
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            ..ImageConfig::default()
+        })
+        .write_oci_archive(TOOLS, &dir.join("tools.tar"))?;
+
+    let split = layers::split(rootfs)?;
+    let mut python = Image::new();
+    for layer_dir in [&split.base, &split.top] {
+        python = python.built_layer(layer(layer_dir)?);
+    }
+    python
+        .config(ImageConfig {
+            cmd: vec!["python3".into()],
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            ..ImageConfig::default()
+        })
+        .write_oci_archive(PYTHON, &dir.join("python.tar"))?;
+    Ok(())
+}
+
+/// The gzipped layer of an overlay-style layer directory.
+fn layer(dir: &Path) -> anyhow::Result<BuiltLayer> {
+    let tar = dirtar::tar_dir(dir, MOUNT_TARGETS)?;
+    let gz = gzip(&tar).with_context(|| format!("cannot gzip the layer of {}", dir.display()))?;
+    Ok(BuiltLayer {
+        diff_id: Digest::of(&tar),
+        digest: Digest::of(&gz),
+        tar,
+        gz,
+    })
+}
+
+/// The chain ID of the top layer of the single image in OCI archive
+/// `archive` (the parent of its containers' snapshots).
+pub fn top_chain_id(archive: &Path) -> anyhow::Result<String> {
+    let blobs = read_archive(archive)?;
+    let json = |name: &str| -> anyhow::Result<Value> {
+        let bytes = blobs
+            .get(name)
+            .with_context(|| format!("{} has no {name}", archive.display()))?;
+        Ok(serde_json::from_slice(bytes)?)
+    };
+    let blob = |digest: &Value| {
+        let digest = digest.as_str().unwrap_or_default();
+        format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
+    };
+    let index = json("index.json")?;
+    let manifest = json(&blob(&index["manifests"][0]["digest"]))?;
+    let config = json(&blob(&manifest["config"]["digest"]))?;
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .context("the image config has no rootfs.diff_ids")?;
+    // chainID(L0) = diffID(L0), chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln)).
+    let mut chain: Option<String> = None;
+    for diff_id in diff_ids {
+        let diff_id = diff_id.as_str().context("a diff ID is not a string")?;
+        chain = Some(match chain {
+            None => diff_id.to_string(),
+            Some(parent) => {
+                let hash = Sha256::digest(format!("{parent} {diff_id}"));
+                let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+                format!("sha256:{hex}")
+            }
+        });
+    }
+    chain.context("the image has no layers")
+}
+
+/// The small files of an OCI archive (index, manifests, configs), by path.
+fn read_archive(archive: &Path) -> anyhow::Result<HashMap<String, Vec<u8>>> {
+    const SMALL: u64 = 1 << 20;
+    let file = File::open(archive).with_context(|| format!("cannot open {}", archive.display()))?;
+    let mut files = HashMap::new();
+    for entry in tar::Archive::new(file).entries()? {
+        let mut entry = entry?;
+        if entry.size() > SMALL {
+            continue;
+        }
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes)?;
+        files.insert(path, bytes);
+    }
+    Ok(files)
+}

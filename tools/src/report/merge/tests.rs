@@ -1,0 +1,178 @@
+//! Tests of the merged view on small tars: whiteouts, opaque directories,
+//! hardlinks, replaced files and compressed blobs.
+
+use std::io::Write;
+
+use tar::{EntryType, Header};
+
+use super::*;
+use crate::report::testing::Tar;
+
+fn merge(layers: Vec<Vec<u8>>) -> Merged {
+    let mut merged = Merged::new(&["/var/lib/dpkg/status"]);
+    for layer in layers {
+        let size = merged.apply_tar(layer.as_slice()).unwrap();
+        assert_eq!(size, layer.len() as u64, "the whole tar is counted");
+    }
+    merged
+}
+
+fn paths(merged: &Merged) -> Vec<String> {
+    merged.entries().map(|(p, _)| p).collect()
+}
+
+#[test]
+fn a_whiteout_deletes_a_lower_file_and_a_lower_subtree() {
+    let merged = merge(vec![
+        Tar::new()
+            .dir("etc")
+            .file("etc/a", b"aaaa")
+            .file("etc/b", b"bb")
+            .dir("opt/app")
+            .file("opt/app/x", b"x")
+            .bytes(),
+        Tar::new()
+            .file("etc/.wh.a", b"")
+            .file("opt/.wh.app", b"")
+            .bytes(),
+    ]);
+    assert_eq!(paths(&merged), ["/etc", "/etc/b", "/opt"]);
+    assert_eq!((merged.files(), merged.bytes()), (1, 2));
+}
+
+#[test]
+fn an_opaque_directory_hides_lower_content_but_not_its_own_layer() {
+    let merged = merge(vec![
+        Tar::new()
+            .dir("data")
+            .file("data/old", b"old")
+            .dir("data/sub")
+            .file("data/sub/deep", b"deep")
+            .file("keep", b"k")
+            .bytes(),
+        // The marker after the layer's own entry: it must survive.
+        Tar::new()
+            .dir("data")
+            .file("data/new", b"new!")
+            .file("data/.wh..wh..opq", b"")
+            .bytes(),
+    ]);
+    assert_eq!(paths(&merged), ["/data", "/data/new", "/keep"]);
+    assert_eq!(merged.bytes(), 5);
+}
+
+#[test]
+fn a_whiteout_does_not_hide_an_entry_of_its_own_layer() {
+    let merged = merge(vec![
+        Tar::new().file("f", b"lower").bytes(),
+        Tar::new().file("f", b"upper!").file(".wh.f", b"").bytes(),
+    ]);
+    assert_eq!(merged.get("/f"), Some(Node::File { inode: 2, size: 6 }));
+}
+
+#[test]
+fn hardlinks_count_their_bytes_once() {
+    let merged = merge(vec![
+        Tar::new()
+            .dir("bin")
+            .file("bin/tool", b"0123456789")
+            .hardlink("bin/alias", "bin/tool")
+            .hardlink("bin/again", "./bin/tool")
+            .symlink("bin/sym", "tool")
+            .bytes(),
+    ]);
+    assert_eq!((merged.files(), merged.bytes()), (4, 10));
+    // Deleting one name keeps the content counted by the others.
+    let merged = merge(vec![
+        Tar::new()
+            .file("tool", b"0123456789")
+            .hardlink("alias", "tool")
+            .bytes(),
+        Tar::new().file(".wh.tool", b"").bytes(),
+    ]);
+    assert_eq!((merged.files(), merged.bytes()), (1, 10));
+}
+
+#[test]
+fn a_replaced_file_counts_its_new_size_and_a_file_over_a_dir_hides_it() {
+    let merged = merge(vec![
+        Tar::new()
+            .file("etc/conf", b"long content")
+            .dir("var/cache")
+            .file("var/cache/blob", b"blob")
+            .bytes(),
+        Tar::new()
+            .file("etc/conf", b"short")
+            .file("var/cache", b"now a file")
+            .bytes(),
+    ]);
+    assert_eq!(paths(&merged), ["/etc", "/etc/conf", "/var", "/var/cache"]);
+    assert_eq!((merged.files(), merged.bytes()), (2, 15));
+}
+
+#[test]
+fn the_captured_file_is_the_topmost_version() {
+    let merged = merge(vec![
+        Tar::new().file("var/lib/dpkg/status", b"one").bytes(),
+        Tar::new().file("var/lib/dpkg/status", b"two").bytes(),
+    ]);
+    assert_eq!(merged.content("/var/lib/dpkg/status"), Some(&b"two"[..]));
+    let deleted = merge(vec![
+        Tar::new().file("var/lib/dpkg/status", b"one").bytes(),
+        Tar::new().file("var/lib/dpkg/.wh.status", b"").bytes(),
+    ]);
+    assert_eq!(deleted.content("/var/lib/dpkg/status"), None);
+}
+
+#[test]
+fn bad_entries_are_errors() {
+    let mut merged = Merged::new(&[]);
+    let mut header = Header::new_gnu();
+    header.set_entry_type(EntryType::Regular);
+    header.set_size(0);
+    // `append_data` refuses `..`; write the name directly.
+    header.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
+    header.set_cksum();
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append(&header, &b""[..]).unwrap();
+    let tar = builder.into_inner().unwrap();
+    assert!(matches!(
+        merged.apply_tar(tar.as_slice()),
+        Err(MergeError::BadPath { .. })
+    ));
+    let dangling = Tar::new().hardlink("a", "missing").bytes();
+    assert!(matches!(
+        merged.apply_tar(dangling.as_slice()),
+        Err(MergeError::Hardlink { .. })
+    ));
+    assert!(
+        Merged::new(&[])
+            .apply_blob(b"not gzip at all", Compression::Gzip)
+            .is_err()
+    );
+}
+
+#[test]
+fn blobs_are_decompressed_by_media_type() {
+    let tar = Tar::new().file("a", b"hello").bytes();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(tar.as_slice(), 1).unwrap();
+    let cases = [
+        ("application/vnd.oci.image.layer.v1.tar", &tar),
+        ("application/vnd.oci.image.layer.v1.tar+gzip", &gz),
+        ("application/vnd.docker.image.rootfs.diff.tar.gzip", &gz),
+        ("application/vnd.oci.image.layer.v1.tar+zstd", &zst),
+    ];
+    for (media_type, blob) in cases {
+        let mut merged = Merged::new(&[]);
+        let compression = Compression::of_media_type(media_type).unwrap();
+        assert_eq!(
+            merged.apply_blob(blob, compression).unwrap(),
+            tar.len() as u64
+        );
+        assert_eq!(merged.bytes(), 5, "{media_type}");
+    }
+    assert!(Compression::of_media_type("application/octet-stream").is_err());
+}

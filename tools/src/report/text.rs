@@ -1,0 +1,151 @@
+//! The report as plain-text tables, for a terminal.
+
+use std::fmt::Write as _;
+
+use super::Report;
+
+/// `bytes` in binary units with one decimal (`1.5 MiB`); plain bytes below 1 KiB.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A ratio as a percentage (`12.5%`), or `-` when undefined.
+pub(super) fn percent(ratio: Option<f64>) -> String {
+    ratio.map_or_else(|| "-".to_string(), |r| format!("{:.1}%", 100.0 * r))
+}
+
+/// Columns padded to their widest cell; the first column left-aligned, the
+/// others right-aligned.
+fn table(out: &mut String, rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let pad = widths[c].saturating_sub(cell.chars().count());
+            if c == 0 {
+                line.push_str("  ");
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            } else {
+                line.push_str(&" ".repeat(pad + 3));
+                line.push_str(cell);
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+fn cells<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|s| s.to_string()).collect()
+}
+
+/// The report as text: a summary table, then the top directories and
+/// packages removed.
+pub fn text(report: &Report) -> String {
+    let (o, m, r) = (&report.original, &report.minimized, &report.ratios);
+    let mut out = String::new();
+    let _ = writeln!(out, "original:  {} ({})", o.name, o.manifest_digest);
+    let _ = writeln!(out, "minimized: {} ({})", m.name, m.manifest_digest);
+    let _ = writeln!(out);
+    let count = |a: u64, b: u64, ratio| vec![a.to_string(), b.to_string(), percent(ratio)];
+    let size = |a: u64, b: u64, ratio| vec![human_bytes(a), human_bytes(b), percent(ratio)];
+    let mut rows = vec![cells(["", "original", "minimized", "ratio"])];
+    for (label, mut figures) in [
+        ("layers", count(o.layers, m.layers, r.layers)),
+        (
+            "compressed",
+            size(o.compressed_bytes, m.compressed_bytes, r.compressed_bytes),
+        ),
+        (
+            "uncompressed",
+            size(
+                o.uncompressed_bytes,
+                m.uncompressed_bytes,
+                r.uncompressed_bytes,
+            ),
+        ),
+        ("files", count(o.files, m.files, r.files)),
+        ("file bytes", size(o.bytes, m.bytes, r.bytes)),
+        ("packages", count(o.packages, m.packages, r.packages)),
+    ] {
+        figures.insert(0, label.to_string());
+        rows.push(figures);
+    }
+    table(&mut out, &rows);
+    let removed = &report.removed;
+    let _ = writeln!(
+        out,
+        "\nremoved: {} files ({}), {} packages ({} installed)",
+        removed.files,
+        human_bytes(removed.bytes),
+        removed.packages,
+        human_bytes(removed.package_bytes)
+    );
+    if !report.top_directories.is_empty() {
+        let _ = writeln!(out, "\ntop directories by removed bytes:");
+        let mut rows = vec![cells(["directory", "removed", "files", "kept", "files"])];
+        rows.extend(report.top_directories.iter().map(|d| {
+            vec![
+                d.path.clone(),
+                human_bytes(d.removed_bytes),
+                d.removed_files.to_string(),
+                human_bytes(d.kept_bytes),
+                d.kept_files.to_string(),
+            ]
+        }));
+        table(&mut out, &rows);
+    }
+    if !report.top_removed_packages.is_empty() {
+        let _ = writeln!(out, "\ntop removed packages by installed size:");
+        let mut rows = vec![cells(["package", "installed size"])];
+        rows.extend(
+            report
+                .top_removed_packages
+                .iter()
+                .map(|p| vec![p.name.clone(), human_bytes(p.installed_size_bytes)]),
+        );
+        table(&mut out, &rows);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_human() {
+        let cases = [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (5 << 20, "5.0 MiB"),
+            (u64::MAX, "16.0 EiB"),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(human_bytes(bytes), want);
+        }
+        assert_eq!(percent(None), "-");
+        assert_eq!(percent(Some(0.125)), "12.5%");
+    }
+}
