@@ -16,7 +16,15 @@ test: setup
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast
 
+# The whole story on Debian images: a private containerd with pare-snapshotter,
+# a Python web service and a batch job profiled, compacted, run minimized;
+# side-by-side table and pare-report.html.
 demo: setup
+	$(CARGO) build --release --workspace
+	PARE_BIN=$(CURDIR)/target/release/pare $(CURDIR)/target/release/pare-demo --html $(CURDIR)/pare-report.html
+
+# The first, FUSE-only story: `pare mount` of a generated image, no containerd.
+demo-mount: setup
 	$(CARGO) build --release -p pare
 	scripts/demo.sh
 
