@@ -31,6 +31,27 @@ fn missing(need: Need) -> Option<String> {
     }
 }
 
+/// What a test running containers needs: root, overlayfs, containerd, ctr, runc.
+pub const CONTAINERD: &[Need] = &[
+    Need::Root,
+    Need::Overlay,
+    Need::Command("containerd"),
+    Need::Command("ctr"),
+    Need::Command("runc"),
+];
+
+/// What a test running containers on pare needs: [`CONTAINERD`], `/dev/fuse`
+/// and `getfattr` (the fixture checks read xattrs).
+pub const PARE_NODE: &[Need] = &[
+    Need::Root,
+    Need::Fuse,
+    Need::Overlay,
+    Need::Command("containerd"),
+    Need::Command("ctr"),
+    Need::Command("runc"),
+    Need::Command("getfattr"),
+];
+
 /// Full path of `cmd` on `PATH`.
 pub fn which(cmd: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -11,21 +11,13 @@ use anyhow::{Context, Result, ensure};
 use pare_tests::containerd::{Containerd, Ctr};
 use pare_tests::images::harness_image;
 use pare_tests::mounts::Scratch;
-use pare_tests::prereq::{Need, pare_bin, privileged};
+use pare_tests::prereq::{Need, PARE_NODE, pare_bin, privileged};
 use pare_tests::snapshotter::PareSnapshotter;
 
 const IMAGE: &str = "docker.io/pare-tests/compact:v1";
 const MINIMIZED: &str = "docker.io/pare-tests/compact:v1-pare";
 
-const NEEDS: &[Need] = &[
-    Need::Root,
-    Need::Fuse,
-    Need::Overlay,
-    Need::Command("containerd"),
-    Need::Command("ctr"),
-    Need::Command("runc"),
-    Need::Command("getfattr"),
-];
+const NEEDS: &[Need] = PARE_NODE;
 
 /// The workload: reads, a symlinked dir, special bits and xattrs.
 const WORKLOAD: &str = "cat /data/keep.txt /data/alias/inner.txt /data/opaque/upper1; \

@@ -14,7 +14,7 @@ use pare_tests::mounts::Scratch;
 use pare_tests::oci::{
     BuiltImage, DEFAULT_TOOLS, Image, ImageConfig, Layer, gzip, host_tools_layer,
 };
-use pare_tests::prereq::{Need, privileged};
+use pare_tests::prereq::{CONTAINERD, Need, privileged};
 use pare_tools::containerd::{Client, ContainerdError, SourceImage};
 use pare_tools::oci::{
     ANNOTATION_PROFILE, ANNOTATION_SOURCE_IMAGE, Blob, MEDIA_LAYER_GZIP, NewImage, build_image,
@@ -31,13 +31,7 @@ const PROFILE_DIGEST: &str =
 /// What the source image's default command prints.
 const DEFAULT_OUTPUT: &str = "hi from /srv/app\nhello\n";
 
-const NEEDS: &[Need] = &[
-    Need::Root,
-    Need::Overlay,
-    Need::Command("containerd"),
-    Need::Command("ctr"),
-    Need::Command("runc"),
-];
+const NEEDS: &[Need] = CONTAINERD;
 
 #[test]
 fn privileged_containerd_client_reads_and_stores_images() -> Result<()> {

@@ -9,18 +9,13 @@ use anyhow::{Result, ensure};
 use pare_tests::containerd::Containerd;
 use pare_tests::mounts::Scratch;
 use pare_tests::oci::{BuiltImage, Image, Layer};
-use pare_tests::prereq::{Need, pare_bin, privileged};
+use pare_tests::prereq::{CONTAINERD, Need, pare_bin, privileged};
 use serde_json::{Value, json};
 
 const ORIGINAL: &str = "docker.io/pare-tests/report:v1";
 const MINIMIZED: &str = "docker.io/pare-tests/report:v1-pare";
 
-const NEEDS: &[Need] = &[
-    Need::Root,
-    Need::Overlay,
-    Need::Command("containerd"),
-    Need::Command("ctr"),
-];
+const NEEDS: &[Need] = CONTAINERD;
 
 const STATUS_3: &str = "Package: app\nStatus: install ok installed\nInstalled-Size: 10\n\n\
 Package: tool\nStatus: install ok installed\nInstalled-Size: 20\n\n\

@@ -10,20 +10,12 @@ use anyhow::{Context, Result, ensure};
 use pare_tests::containerd::{Containerd, Ctr};
 use pare_tests::images::{harness_image, run_checks};
 use pare_tests::mounts::Scratch;
-use pare_tests::prereq::{Need, pare_bin, privileged};
+use pare_tests::prereq::{Need, PARE_NODE, pare_bin, privileged};
 use pare_tests::snapshotter::PareSnapshotter;
 
 const IMAGE: &str = "docker.io/pare-tests/snapshotter:v1";
 
-const NEEDS: &[Need] = &[
-    Need::Root,
-    Need::Fuse,
-    Need::Overlay,
-    Need::Command("containerd"),
-    Need::Command("ctr"),
-    Need::Command("runc"),
-    Need::Command("getfattr"),
-];
+const NEEDS: &[Need] = PARE_NODE;
 
 /// A private containerd with pare plugged in, the fixture image imported with
 /// both pare and the stock overlayfs snapshotter.
