@@ -70,8 +70,11 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_new(format!("{},fuser=error", config.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info,fuser=error"));
+    // fuser reports replies to requests the kernel already dropped (a killed
+    // container's interrupted reads) as errors; they are expected here.
+    // `log_level = "...,fuser=debug"` shows them again.
+    let filter = EnvFilter::try_new(format!("fuser=off,{}", config.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info,fuser=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
