@@ -8,12 +8,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
-use pare_tests::oci::{BuiltLayer, Digest, Image, ImageConfig, gzip, host_tools_layer};
+use pare_tests::oci::{Image, ImageConfig, host_tools_layer};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::layers;
-use pare_tests::dirtar;
+use pare_tests::debian;
 
 /// Bump when an image below changes, so the cache key changes with it.
 const RECIPE: &str = "v1: tools = host_tools_layer(sh, true, cat, sleep) at MTIME; \
@@ -21,9 +21,6 @@ const RECIPE: &str = "v1: tools = host_tools_layer(sh, true, cat, sleep) at MTIM
 
 /// mtime of the tools layer's entries.
 const MTIME: u64 = 1_700_000_000;
-
-/// Directories of the rootfs kept as empty mount targets.
-const MOUNT_TARGETS: &[&str] = &["dev", "proc", "sys"];
 
 /// The two images, as OCI archives for `ctr images import`.
 #[derive(Debug, Clone)]
@@ -97,7 +94,7 @@ fn build(rootfs: &Path, dir: &Path) -> anyhow::Result<()> {
     let split = layers::split(rootfs)?;
     let mut python = Image::new();
     for layer_dir in [&split.base, &split.top] {
-        python = python.built_layer(layer(layer_dir)?);
+        python = python.built_layer(debian::dir_layer(layer_dir)?);
     }
     python
         .config(ImageConfig {
@@ -107,18 +104,6 @@ fn build(rootfs: &Path, dir: &Path) -> anyhow::Result<()> {
         })
         .write_oci_archive(PYTHON, &dir.join("python.tar"))?;
     Ok(())
-}
-
-/// The gzipped layer of an overlay-style layer directory.
-fn layer(dir: &Path) -> anyhow::Result<BuiltLayer> {
-    let tar = dirtar::tar_dir(dir, MOUNT_TARGETS)?;
-    let gz = gzip(&tar).with_context(|| format!("cannot gzip the layer of {}", dir.display()))?;
-    Ok(BuiltLayer {
-        diff_id: Digest::of(&tar),
-        digest: Digest::of(&gz),
-        tar,
-        gz,
-    })
 }
 
 /// The chain ID of the top layer of the single image in OCI archive

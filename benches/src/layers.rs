@@ -5,10 +5,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use sha2::{Digest, Sha256};
 
-use crate::{run, workspace_root};
+use crate::run;
 
 /// Bump when the split below changes, so the cache key changes with it.
 const SPLIT_VERSION: &str = "v1: top = usr/lib/python3*, base = the rest";
@@ -31,23 +31,7 @@ impl Layers {
 
 /// The Debian rootfs (bookworm minbase + python3) from `scripts/debian-rootfs.sh`.
 pub fn debian_rootfs() -> anyhow::Result<PathBuf> {
-    let script = workspace_root().join("scripts/debian-rootfs.sh");
-    let out = Command::new(&script)
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    ensure!(
-        out.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    ensure!(
-        path.join("usr/bin/python3").exists(),
-        "{} has no python3",
-        path.display()
-    );
-    Ok(path)
+    pare_tests::debian::rootfs()
 }
 
 /// Splits `rootfs` into layers under `/var/cache/pare-tests/bench-layers-<hash>`,
