@@ -2,16 +2,14 @@
 //! that has it plugged in, with all state on the real disk in one scratch
 //! directory, torn down on drop (containers, shims, mounts, daemons, files).
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
 use pare_tests::containerd::{Containerd, Ctr, NAMESPACE, mounts_under};
-use pare_tests::mounts::wait_timeout;
-use rustix::mount::UnmountFlags;
-use rustix::process::{Pid, Signal};
+use pare_tests::snapshotter::PareSnapshotter;
 
 /// The snapshotters under comparison, by their containerd names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,7 +49,7 @@ pub struct Backend {
 pub struct Node {
     // Fields drop in this order: containers first, then their views, then files.
     containerd: Containerd,
-    pare: Daemon,
+    pare: PareSnapshotter,
     _scratch: Scratch,
 }
 
@@ -60,8 +58,9 @@ impl Node {
     /// state under a fresh `/var/tmp/pare-bench-containers-<pid>`.
     pub fn start(pare_bin: &Path) -> anyhow::Result<Node> {
         let scratch = Scratch::create()?;
-        let pare = Daemon::start(pare_bin, &scratch.0.join("pare"))?;
-        let containerd = Containerd::start(&scratch.0.join("containerd"), &pare.config())?;
+        let pare = PareSnapshotter::start_with(&scratch.0.join("pare"), pare_bin)?;
+        let containerd =
+            Containerd::start(&scratch.0.join("containerd"), &pare.containerd_config())?;
         Ok(Node {
             containerd,
             pare,
@@ -99,13 +98,13 @@ impl Node {
 
     /// pare-snapshotter's log so far.
     pub fn pare_log(&self) -> String {
-        fs::read_to_string(&self.pare.log).unwrap_or_default()
+        self.pare.log_text()
     }
 
     /// Copies the logs of pare-snapshotter and containerd into `dir`.
     pub fn save_logs(&self, dir: &Path) -> anyhow::Result<()> {
         fs::create_dir_all(dir)?;
-        fs::copy(&self.pare.log, dir.join("pare-snapshotter.log"))?;
+        fs::copy(self.pare.log_path(), dir.join("pare-snapshotter.log"))?;
         fs::write(dir.join("containerd.log"), self.containerd.log_text())?;
         Ok(())
     }
@@ -119,7 +118,7 @@ impl Node {
                     .root()
                     .join("io.containerd.snapshotter.v1.overlayfs/snapshots"),
             ),
-            pare: entries(self.pare.root.join("snapshots")),
+            pare: entries(self.pare.root().join("snapshots")),
             views: self.pare.mounted_views().len(),
         }
     }
@@ -138,91 +137,6 @@ impl Node {
                 bail!("backend still at {now:?}, not {baseline:?}, after {timeout:?}");
             }
             std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// A `pare-snapshotter` child on a private root and socket; SIGTERM on drop,
-/// and any view it left is detached.
-struct Daemon {
-    child: Child,
-    root: PathBuf,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Daemon> {
-        fs::create_dir_all(dir)?;
-        let log = dir.join("pare-snapshotter.log");
-        let (root, socket) = (dir.join("root"), dir.join("pare.sock"));
-        let child = Command::new(bin)
-            .arg("--root")
-            .arg(&root)
-            .arg("--address")
-            .arg(&socket)
-            .args(["--log-level", "info,pare_snapshotter=debug"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("cannot spawn {}", bin.display()))?;
-        let mut daemon = Daemon {
-            child,
-            root,
-            socket,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
-            let log = || fs::read_to_string(&daemon.log).unwrap_or_default();
-            if let Some(status) = daemon.child.try_wait()? {
-                bail!("pare-snapshotter exited with {status}: {}", log());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "pare-snapshotter did not serve: {}",
-                log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(daemon)
-    }
-
-    /// The `[proxy_plugins.pare]` table for containerd's config.
-    fn config(&self) -> String {
-        format!(
-            "[proxy_plugins]\n  [proxy_plugins.pare]\n    type = \"snapshot\"\n    address = \"{}\"\n",
-            self.socket.display()
-        )
-    }
-
-    fn mounted_views(&self) -> Vec<PathBuf> {
-        let views = self.root.join("views");
-        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        info.lines()
-            .filter(|l| l.contains(" - fuse.pare "))
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(PathBuf::from)
-            .filter(|p| p.starts_with(&views))
-            .collect()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, Signal::TERM);
-        }
-        if !matches!(
-            wait_timeout(&mut self.child, Duration::from_secs(10)),
-            Ok(Some(_))
-        ) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        for view in self.mounted_views() {
-            let _ = rustix::mount::unmount(&view, UnmountFlags::DETACH);
         }
     }
 }

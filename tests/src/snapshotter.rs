@@ -12,6 +12,7 @@ use crate::mounts::wait_timeout;
 
 /// A running `pare-snapshotter`.
 pub struct PareSnapshotter {
+    bin: PathBuf,
     child: Option<Child>,
     root: PathBuf,
     socket: PathBuf,
@@ -26,8 +27,14 @@ pub fn snapshotter_bin() -> PathBuf {
 impl PareSnapshotter {
     /// Starts the daemon with state under `dir` and waits until it serves.
     pub fn start(dir: &Path) -> Result<PareSnapshotter> {
+        PareSnapshotter::start_with(dir, &snapshotter_bin())
+    }
+
+    /// Like [`PareSnapshotter::start`], with the daemon binary `bin`.
+    pub fn start_with(dir: &Path, bin: &Path) -> Result<PareSnapshotter> {
         std::fs::create_dir_all(dir)?;
         let mut s = PareSnapshotter {
+            bin: bin.to_path_buf(),
             child: None,
             root: dir.join("root"),
             socket: dir.join("pare.sock"),
@@ -39,7 +46,7 @@ impl PareSnapshotter {
 
     fn spawn(&mut self) -> Result<()> {
         let log = File::options().create(true).append(true).open(&self.log)?;
-        let child = Command::new(snapshotter_bin())
+        let child = Command::new(&self.bin)
             .arg("--root")
             .arg(&self.root)
             .arg("--address")
@@ -84,6 +91,11 @@ impl PareSnapshotter {
             "[proxy_plugins]\n  [proxy_plugins.pare]\n    type = \"snapshot\"\n    address = \"{}\"\n",
             self.socket.display()
         )
+    }
+
+    /// The daemon's log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// What the daemon logged.
