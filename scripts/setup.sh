@@ -11,6 +11,7 @@ PACKAGES=(
   protobuf-compiler               # containerd API bindings
   debootstrap                     # realistic Debian test images
   hyperfine                       # whole-command timings
+  docker-registry                 # local registry of the cold-start bench
   kmod util-linux procps          # modprobe, mount, pgrep
 )
 
@@ -27,6 +28,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The benches start their own registry; do not leave the package's system
+  # service running on port 5000 when this script is what installed it.
+  if [[ " ${missing[*]} " == *" docker-registry "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  fi
 fi
 
 modprobe fuse 2>/dev/null || true

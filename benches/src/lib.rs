@@ -1,11 +1,16 @@
 //! Shared helpers of the benchmarks: the layered test image, the mounts under
 //! comparison, timing and statistics.
 
+pub mod coldrun;
 pub mod images;
+pub mod imagesize;
 pub mod layers;
 pub mod machine;
+pub mod minimize;
 pub mod mounts;
 pub mod node;
+pub mod registry;
+pub mod scratch;
 pub mod stats;
 
 use std::path::{Path, PathBuf};

@@ -68,6 +68,16 @@ impl Node {
         })
     }
 
+    /// containerd's socket.
+    pub fn address(&self) -> &Path {
+        self.containerd.address()
+    }
+
+    /// pare-snapshotter's state directory.
+    pub fn pare_root(&self) -> &Path {
+        self.pare.root()
+    }
+
     /// `ctr` bound to the containerd.
     pub fn ctr(&self) -> Ctr {
         self.containerd.ctr()

@@ -80,13 +80,14 @@ pub fn pare_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("PARE_BIN") {
         return PathBuf::from(path);
     }
-    // tests run from target/<profile>/deps/<test>-<hash>
+    // tests run from target/<profile>/deps/<test>-<hash>; benches and the
+    // demo from target/<profile>/<bin>.
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join("pare");
+    let dir = exe.parent().expect("the executable is in a directory");
+    let bin = [dir.join("pare"), dir.parent().unwrap_or(dir).join("pare")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| dir.join("pare"));
     assert!(
         bin.exists(),
         "{} is missing: build it first (make test does: cargo build --workspace)",
