@@ -78,7 +78,7 @@ impl Default for ProfileConfig {
         ProfileConfig {
             enabled: true,
             disabled_namespaces: Vec::new(),
-            flush_interval_ms: 100,
+            flush_interval_ms: 10,
         }
     }
 }

@@ -95,7 +95,7 @@ async fn compact(args: CompactArgs) -> anyhow::Result<()> {
         Some(path) => path.clone(),
         None => args.root.join("profiles").join(&source.top_chain_id),
     };
-    let profile_bytes = std::fs::read(&profile_path).with_context(|| {
+    let profile_bytes = read_settled(&profile_path).with_context(|| {
         format!(
             "no profile for {} (chain {}) at {}: run the image under pare-snapshotter first, or pass --profile",
             args.image,
@@ -199,6 +199,23 @@ async fn compact(args: CompactArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Reads a profile once it has stopped growing for a moment: a workload that
+/// just ended may still have accesses on their way to the journal (the
+/// snapshotter writes them within its flush interval, 10 ms by default).
+fn read_settled(path: &Path) -> std::io::Result<Vec<u8>> {
+    const QUIET: std::time::Duration = std::time::Duration::from_millis(200);
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let mut bytes = std::fs::read(path)?;
+    loop {
+        std::thread::sleep(QUIET);
+        let again = std::fs::read(path)?;
+        if again.len() == bytes.len() || Instant::now() > deadline {
+            return Ok(again);
+        }
+        bytes = again;
+    }
 }
 
 fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {

@@ -29,7 +29,7 @@ pub struct MountArgs {
     #[arg(long)]
     no_passthrough: bool,
     /// How often the profile is flushed, in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 10)]
     flush_ms: u64,
     /// Layer directories separated by ':', topmost first (as overlayfs lowerdir=).
     lowerdirs: String,
