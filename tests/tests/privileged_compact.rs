@@ -103,6 +103,70 @@ fn check(node: &Node) -> Result<()> {
         "workload output: {expected}"
     );
 
+    // The profile tools find the image's profile on this node.
+    let pare = |args: &[&str]| -> Result<String> {
+        let out = Command::new(pare_bin()).args(args).output()?;
+        ensure!(
+            out.status.success(),
+            "pare {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let root = node.pare.root().to_str().context("root path")?.to_string();
+    let address = node
+        .containerd
+        .address()
+        .to_str()
+        .context("socket path")?
+        .to_string();
+    let shown: serde_json::Value = serde_json::from_str(&pare(&[
+        "profile",
+        "show",
+        "--json",
+        "--root",
+        &root,
+        "--address",
+        &address,
+        "--namespace",
+        "pare-tests",
+        IMAGE,
+    ])?)?;
+    let chain = shown["image"]
+        .as_str()
+        .context("the profile names its chain")?
+        .to_string();
+    ensure!(
+        shown["entries"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["path"] == "/data/keep.txt"))
+    );
+    let listed = pare(&["profile", "list", "--json", "--root", &root])?;
+    ensure!(
+        listed.contains(&chain),
+        "profile list names {chain}: {listed}"
+    );
+    let file = node.pare.root().join("profiles").join(&chain);
+    let merged = node.scratch.path().join("merged.profile");
+    pare(&[
+        "profile",
+        "merge",
+        "-o",
+        merged.to_str().unwrap(),
+        file.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ])?;
+    let merged_json: serde_json::Value = serde_json::from_str(&pare(&[
+        "profile",
+        "show",
+        "--json",
+        merged.to_str().unwrap(),
+    ])?)?;
+    ensure!(
+        merged_json["entries"] == shown["entries"],
+        "merging a profile with itself changes nothing"
+    );
+
     let summary = compact(node, &[])?;
     let again = compact(node, &[])?;
     let digest = manifest_digest(&summary).context("summary names the manifest")?;
