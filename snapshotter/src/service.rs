@@ -47,6 +47,24 @@ impl<M: ViewMounter> Service<M> {
     }
 }
 
+impl<M: ViewMounter> Service<M> {
+    /// Prepare (`readonly` false) and View: a new snapshot on `parent`.
+    async fn create(
+        &self,
+        op: &'static str,
+        key: String,
+        parent: String,
+        labels_in: HashMap<String, String>,
+        readonly: bool,
+    ) -> Result<Vec<Mount>, Error> {
+        let k = key.clone();
+        let l = labels(labels_in);
+        self.run(op, &key, move |s| s.create(&k, &parent, l, readonly))
+            .await
+            .map(to_mounts)
+    }
+}
+
 fn to_mounts(specs: Vec<MountSpec>) -> Vec<Mount> {
     specs
         .into_iter()
@@ -121,11 +139,7 @@ impl<M: ViewMounter> Snapshotter for Service<M> {
         parent: String,
         labels_in: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Error> {
-        let k = key.clone();
-        let l = labels(labels_in);
-        self.run("prepare", &key, move |s| s.create(&k, &parent, l, false))
-            .await
-            .map(to_mounts)
+        self.create("prepare", key, parent, labels_in, false).await
     }
 
     async fn view(
@@ -134,11 +148,7 @@ impl<M: ViewMounter> Snapshotter for Service<M> {
         parent: String,
         labels_in: HashMap<String, String>,
     ) -> Result<Vec<Mount>, Error> {
-        let k = key.clone();
-        let l = labels(labels_in);
-        self.run("view", &key, move |s| s.create(&k, &parent, l, true))
-            .await
-            .map(to_mounts)
+        self.create("view", key, parent, labels_in, true).await
     }
 
     async fn commit(

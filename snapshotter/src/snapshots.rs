@@ -8,7 +8,7 @@
 //! leaves behind (temporary dirs, dirs without a record, stale view mounts)
 //! is cleaned at start-up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -350,7 +350,9 @@ impl<M: ViewMounter> Snapshots<M> {
             Ok(current)
         })?;
         if let Role::Container { chain, .. } = &committed.role {
-            self.views().release(key, chain)?;
+            if self.views().release(key, chain)? {
+                self.remove_orphans()?;
+            }
         }
         Ok(())
     }
@@ -365,9 +367,11 @@ impl<M: ViewMounter> Snapshots<M> {
             t.delete(key)?;
             Ok(record)
         })?;
+        let mut view_stopped = false;
         if let Role::Container { chain, .. } = &record.role {
-            if let Err(e) = self.views().release(key, chain) {
-                tracing::error!(key, error = %e, "releasing the view failed");
+            match self.views().release(key, chain) {
+                Ok(stopped) => view_stopped = stopped,
+                Err(e) => tracing::error!(key, error = %e, "releasing the view failed"),
             }
         }
         if !self.views().pinned().contains(&record.id) {
@@ -383,8 +387,10 @@ impl<M: ViewMounter> Snapshots<M> {
                 }
             }
         }
-        // Layers a view held on to may be free now.
-        self.remove_orphans()?;
+        if view_stopped {
+            // Layers the view held on to may be free now.
+            self.remove_orphans()?;
+        }
         Ok(())
     }
 
@@ -476,17 +482,6 @@ impl<M: ViewMounter> Snapshots<M> {
     pub fn view_status(&self) -> Vec<(String, Vec<String>)> {
         self.views().status()
     }
-
-    /// Per-chain count of container snapshots in the store.
-    pub fn containers_by_chain(&self) -> Result<HashMap<String, usize>> {
-        let mut out = HashMap::new();
-        for (_, record) in self.store.all()? {
-            if let Role::Container { chain, .. } = record.role {
-                *out.entry(chain).or_default() += 1;
-            }
-        }
-        Ok(out)
-    }
 }
 
 fn kind_name(kind: Kind) -> &'static str {
@@ -550,13 +545,8 @@ fn remove_tree(path: &Path) {
 /// Detaches whatever is still mounted under `views_dir` (views of a daemon
 /// that died: their FUSE connection is gone).
 fn detach_stale_views(views_dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut stale: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+    let mut stale: Vec<PathBuf> = pare_fs::view::mountpoints()
+        .into_iter()
         .filter(|p| p.starts_with(views_dir) && p != views_dir)
         .collect();
     stale.sort();

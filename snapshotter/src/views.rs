@@ -174,17 +174,18 @@ impl<M: ViewMounter> Views<M> {
     }
 
     /// Drops `user` from `chain`'s view; unmounts it (flushing its profile)
-    /// when it was the last user.
-    pub fn release(&mut self, user: &str, chain: &str) -> Result<()> {
+    /// when it was the last user. True when the view was stopped (the layers
+    /// it read may then be free).
+    pub fn release(&mut self, user: &str, chain: &str) -> Result<bool> {
         let Some(active) = self.active.get_mut(chain) else {
-            return Ok(());
+            return Ok(false);
         };
         active.users.remove(user);
         if !active.users.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let active = self.active.remove(chain).expect("present");
-        self.stop(chain, active)
+        self.stop(chain, active).map(|()| true)
     }
 
     fn stop(&self, chain: &str, active: Active<M::Handle>) -> Result<()> {

@@ -75,7 +75,7 @@ pub fn run(opts: &Options) -> Result<Vec<AppResult>> {
         pare: &pare,
         ctr: &ctr,
     };
-    let results = vec![web(&node, opts)?, batch(&node, opts)?];
+    let results = vec![web(&node, opts)?, batch(&node)?];
     if let Some(html) = &opts.html {
         step(&format!(
             "writing the HTML report of {} to {}",
@@ -169,7 +169,7 @@ fn web(node: &Node<'_>, opts: &Options) -> Result<AppResult> {
     })
 }
 
-fn batch(node: &Node<'_>, opts: &Options) -> Result<AppResult> {
+fn batch(node: &Node<'_>) -> Result<AppResult> {
     step(&format!("running {} under pare", debian::BATCH));
     let original = node.ctr.run(debian::BATCH, "batch-profile", "pare", &[])?;
     eprint!("{original}");
@@ -185,7 +185,6 @@ fn batch(node: &Node<'_>, opts: &Options) -> Result<AppResult> {
         "the minimized batch job prints differently:\n{small}\n{original}"
     );
     eprintln!("same output");
-    let _ = opts;
     Ok(AppResult {
         image: debian::BATCH.into(),
         minimized,
@@ -250,6 +249,17 @@ fn cold_starts(ctr: &Ctr, images: &[&str], runs: usize) -> Result<Option<(f64, f
         medians[0], medians[1]
     );
     Ok(Some((medians[0], medians[1])))
+}
+
+/// The `KEPT of TOTAL` figures of a `pare compact` summary line, by the label
+/// that follows them (`files,`, `bytes`, `packages;`).
+pub fn figures(summary: &str, label: &str) -> Option<(u64, u64)> {
+    let before = summary.split(&format!(" {label}")).next()?;
+    let mut words = before.rsplit(' ');
+    let total = words.next()?.parse().ok()?;
+    words.next()?; // "of"
+    let kept = words.next()?.parse().ok()?;
+    Some((kept, total))
 }
 
 /// Median of `xs` (sorted in place).
@@ -331,4 +341,17 @@ pub fn cleanup(workdir: &Path) {
         return;
     }
     let _ = std::fs::remove_dir_all(workdir);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn figures_come_from_the_compact_summary_line() {
+        let line = "app:v1-pare: 218 of 7422 files, 21981111 of 252813196 bytes (8.7%), \
+                    14 of 110 packages; layer sha256:ab (8742072 bytes compressed); manifest sha256:cd; 2.2 s";
+        assert_eq!(super::figures(line, "files,"), Some((218, 7422)));
+        assert_eq!(super::figures(line, "bytes"), Some((21981111, 252813196)));
+        assert_eq!(super::figures(line, "packages;"), Some((14, 110)));
+        assert_eq!(super::figures("garbage", "bytes"), None);
+    }
 }

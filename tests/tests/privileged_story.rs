@@ -50,16 +50,6 @@ fn privileged_demo_story_runs_shortened() -> Result<()> {
 
 const IMPORT: &str = "import json,sqlite3,hashlib,email,http.client,decimal,asyncio";
 
-/// `N of M` from a `pare compact` summary, by label.
-fn figures(summary: &str, label: &str) -> Option<(f64, f64)> {
-    let before = summary.split(&format!(" {label}")).next()?;
-    let mut words = before.rsplit(' ');
-    let total = words.next()?.parse().ok()?;
-    words.next()?;
-    let kept = words.next()?.parse().ok()?;
-    Some((kept, total))
-}
-
 #[test]
 fn privileged_debian_python_image_shrinks_to_its_workload() -> Result<()> {
     if !privileged(
@@ -109,9 +99,13 @@ fn privileged_debian_python_image_shrinks_to_its_workload() -> Result<()> {
     let out = ctr.run(&format!("{image}-pare"), "minimized", "overlayfs", &cmd)?;
     ensure!(out == "imported\n", "minimized: {out:?}");
 
-    let (kept_bytes, all_bytes) = figures(&summary, "bytes").context("bytes in the summary")?;
-    let (kept_pkgs, all_pkgs) =
-        figures(&summary, "packages;").context("packages in the summary")?;
+    let figures = |label: &str| -> Result<(f64, f64)> {
+        let (kept, total) =
+            story::figures(&summary, label).with_context(|| format!("{label} in the summary"))?;
+        Ok((kept as f64, total as f64))
+    };
+    let (kept_bytes, all_bytes) = figures("bytes")?;
+    let (kept_pkgs, all_pkgs) = figures("packages;")?;
     eprintln!(
         "minimized: {:.1}% of the bytes, {:.1}% of the packages",
         100.0 * kept_bytes / all_bytes,

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use fuser::{BackingId, FileAttr, FileType, INodeNo};
 
 use crate::layers::{Kind, Resolved};
-use crate::profile::{AccessKind, KindSet};
+use crate::profile::AccessKind;
 
 /// Identity of a node: merged directories by path, everything else by the
 /// underlying inode (which is what makes hardlinks one node).
@@ -61,12 +61,6 @@ impl Node {
     /// group), whose lookups must be recorded per name, not per node.
     pub fn has_several_names(&self) -> bool {
         !matches!(self.resolved, Resolved::Dir { .. }) && self.resolved.meta().nlink > 1
-    }
-
-    /// Kinds already reported.
-    #[allow(dead_code)]
-    pub fn recorded(&self) -> KindSet {
-        KindSet(self.recorded.load(Ordering::Relaxed))
     }
 }
 

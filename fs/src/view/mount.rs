@@ -168,14 +168,19 @@ fn preflight(mountpoint: &Path) -> Result<(), ViewError> {
     Ok(())
 }
 
-/// True when `path` (canonical) is the mount point of some mount.
-pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
+/// Mount points of this mount namespace, from `/proc/self/mountinfo`, with
+/// its octal escapes (`\040` for a space) undone.
+pub fn mountpoints() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     info.lines()
         .filter_map(|line| line.split(' ').nth(4))
-        .any(|field| Path::new(&unescape_mountinfo(field)) == path)
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .collect()
+}
+
+/// True when `path` (canonical) is the mount point of some mount.
+pub fn is_mountpoint(path: &Path) -> bool {
+    mountpoints().iter().any(|m| m == path)
 }
 
 /// Undoes the octal escapes (`\040` for space) of mountinfo fields.

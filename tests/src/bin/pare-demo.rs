@@ -39,16 +39,6 @@ fn main() {
     }
 }
 
-/// `N of M` figures from `pare compact`'s summary line, by label.
-fn figures(summary: &str, label: &str) -> Option<(u64, u64)> {
-    let before_label = summary.split(&format!(" {label}")).next()?;
-    let mut words = before_label.rsplit(' ');
-    let total = words.next()?.parse().ok()?;
-    words.next()?; // "of"
-    let kept = words.next()?.trim_start_matches(':').parse().ok()?;
-    Some((kept, total))
-}
-
 fn table(apps: &[AppResult], opts: &Options) {
     println!();
     println!(
@@ -56,7 +46,7 @@ fn table(apps: &[AppResult], opts: &Options) {
         "image", "bytes", "files", "packages", "cold start (ms)"
     );
     for app in apps {
-        let cell = |label: &str| match figures(&app.summary, label) {
+        let cell = |label: &str| match story::figures(&app.summary, label) {
             Some((kept, total)) => format!("{total} -> {kept}"),
             None => "?".into(),
         };

@@ -84,9 +84,9 @@ pub fn run(args: CompactArgs) -> anyhow::Result<()> {
 
 async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let tag = match (&args.tag, &args.oci_layout) {
-        (Some(tag), _) => tag.clone(),
-        (None, _) => default_tag(&args.image)?,
+    let tag = match &args.tag {
+        Some(tag) => tag.clone(),
+        None => default_tag(&args.image)?,
     };
     let client = Client::connect(&args.address, &args.namespace).await?;
     let source = client.image(&args.image).await?;
