@@ -12,7 +12,9 @@ PACKAGES=(
   debootstrap                     # realistic Debian test images
   hyperfine                       # whole-command timings
   docker-registry                 # local registry of the cold-start bench
-  kmod util-linux procps          # modprobe, mount, pgrep
+  kmod util-linux procps          # modprobe, mount, pgrep, setpriv
+  golang-go golang-github-containerd-containerd-dev   # containerd's snapshotter test suite
+  systemd                         # systemd-analyze verify of the shipped unit
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -7,7 +7,9 @@
 //!   first access of every kind to every path.
 //! - [`profile`] journals those accesses (append-only, crash tolerant) and reads
 //!   journals back.
+//! - [`mountinfo`] reads the mount table (the one parser of it).
 
 pub mod layers;
+pub mod mountinfo;
 pub mod profile;
 pub mod view;

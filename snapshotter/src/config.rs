@@ -56,6 +56,11 @@ pub struct ViewConfig {
     pub threads: usize,
     /// Use FUSE passthrough for file reads when the kernel offers it.
     pub passthrough: bool,
+    /// How long a view server may take to mount, in ms (then the Prepare fails).
+    pub start_timeout_ms: u64,
+    /// How long a view server may take to unmount and exit, in ms (then its
+    /// connection is aborted, or it is left serving users elsewhere).
+    pub stop_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -88,6 +93,8 @@ impl Default for ViewConfig {
         ViewConfig {
             threads: 2,
             passthrough: true,
+            start_timeout_ms: 10_000,
+            stop_timeout_ms: 5_000,
         }
     }
 }
@@ -137,6 +144,11 @@ impl Config {
         if self.view.threads == 0 {
             return Err(ConfigError::Invalid(
                 "view.threads must be at least 1".into(),
+            ));
+        }
+        if self.view.start_timeout_ms == 0 || self.view.stop_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "view.start_timeout_ms and view.stop_timeout_ms must be at least 1".into(),
             ));
         }
         if self.profile.flush_interval_ms == 0 {

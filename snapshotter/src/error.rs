@@ -26,7 +26,13 @@ pub enum Error {
     InvalidArgument(String),
     /// The metadata store failed.
     #[error("metadata store: {0}")]
-    Store(String),
+    Store(#[source] Box<redb::Error>),
+    /// A stored record could not be encoded or decoded.
+    #[error("metadata record: {0}")]
+    Record(#[from] serde_json::Error),
+    /// A blocking task of the service died.
+    #[error("{0} panicked")]
+    Panicked(&'static str),
     /// A file system operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -67,7 +73,11 @@ impl Error {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition { .. } => Code::FailedPrecondition,
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::Store(_) | Error::Io { .. } | Error::View { .. } => Code::Internal,
+            Error::Store(_)
+            | Error::Record(_)
+            | Error::Panicked(_)
+            | Error::Io { .. }
+            | Error::View { .. } => Code::Internal,
         }
     }
 }
@@ -78,11 +88,25 @@ impl From<Error> for Status {
     }
 }
 
+impl Error {
+    /// True when the store hit an I/O error and must be reopened before it
+    /// works again (redb refuses every later transaction until then).
+    pub fn needs_reopen(&self) -> bool {
+        match self {
+            Error::Store(e) => matches!(
+                **e,
+                redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
+            ),
+            _ => false,
+        }
+    }
+}
+
 macro_rules! store_error {
     ($($t:ty),*) => {$(
         impl From<$t> for Error {
             fn from(e: $t) -> Error {
-                Error::Store(e.to_string())
+                Error::Store(Box::new(e.into()))
             }
         }
     )*};
@@ -93,8 +117,7 @@ store_error!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError,
-    serde_json::Error
+    redb::CommitError
 );
 
 /// Result of snapshot operations.

@@ -5,6 +5,8 @@
 //! - [`store`]: the transactional metadata store (redb);
 //! - [`snapshots`]: containerd's snapshot semantics over store, dirs and views;
 //! - [`views`]: one view per image chain, shared by its containers;
+//! - [`viewproc`]: the processes that serve views and outlive the daemon;
+//! - [`notify`]: readiness for systemd (`Type=notify`);
 //! - [`service`]: the gRPC service containerd calls;
 //! - [`config`]: the TOML configuration.
 
@@ -12,8 +14,10 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod mounts;
+pub mod notify;
 pub mod service;
 pub mod snapshots;
 pub mod store;
 pub mod usage;
+pub mod viewproc;
 pub mod views;

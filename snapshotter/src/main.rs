@@ -10,7 +10,9 @@ use clap::Parser;
 use pare_snapshotter::config::{Config, LogFormat};
 use pare_snapshotter::service::Service;
 use pare_snapshotter::snapshots::Snapshots;
-use pare_snapshotter::views::{FuseMounter, Views};
+use pare_snapshotter::viewproc::serve::{self, ServeArgs};
+use pare_snapshotter::viewproc::{ProcessMounter, ServerConfig};
+use pare_snapshotter::views::Views;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing_subscriber::EnvFilter;
@@ -31,10 +33,36 @@ struct Args {
     /// Log filter (overrides the config file).
     #[arg(long)]
     log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Serves one image view (started by the snapshotter itself).
+    #[command(hide = true)]
+    ServeView(ServeArgs),
 }
 
 fn main() {
     let args = Args::parse();
+    if let Some(Command::ServeView(serve_args)) = args.command {
+        let config = Config {
+            log_level: serve_args.log_level.clone(),
+            log_format: if serve_args.log_json {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            },
+            ..Config::default()
+        };
+        init_logging(&config);
+        if let Err(err) = serve::serve(serve_args) {
+            tracing::error!(error = %err, "view server failed");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(err) = run(args) {
         let text: Vec<String> = err.chain().map(|c| c.to_string()).collect();
         eprintln!("pare-snapshotter: {}", text.join(": "));
@@ -86,33 +114,47 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> Result<()> {
-    let root = config.root.clone();
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    std::fs::create_dir_all(&config.root)
+        .with_context(|| format!("cannot create {}", config.root.display()))?;
+    // View servers name their mountpoints canonically; so does the daemon.
+    let root = std::fs::canonicalize(&config.root)
+        .with_context(|| format!("cannot resolve {}", config.root.display()))?;
     let rule_config = config.clone();
+    let mounter = ProcessMounter::new(ServerConfig {
+        program: PathBuf::from("/proc/self/exe"),
+        threads: config.view.threads,
+        passthrough: config.view.passthrough,
+        flush: Duration::from_millis(config.profile.flush_interval_ms),
+        log_level: config.log_level.clone(),
+        log_json: config.log_format == LogFormat::Json,
+        start_timeout: Duration::from_millis(config.view.start_timeout_ms),
+        stop_timeout: Duration::from_millis(config.view.stop_timeout_ms),
+    });
+    let wait_limit =
+        Duration::from_millis(config.view.start_timeout_ms + config.view.stop_timeout_ms);
     let views = Views::new(
-        FuseMounter::new(config.view.threads, config.view.passthrough),
+        mounter,
         root.join("views"),
         root.join("profiles"),
-        Duration::from_millis(config.profile.flush_interval_ms),
+        wait_limit,
     );
+    let open_root = root.clone();
     let snapshots = tokio::task::spawn_blocking(move || {
         Snapshots::open(
-            &root,
+            &open_root,
             views,
             Box::new(move |ns: &str| rule_config.profiles(ns)),
         )
     })
     .await?
-    .with_context(|| {
-        format!(
-            "cannot open the snapshot store in {}",
-            config.root.display()
-        )
-    })?;
+    .with_context(|| format!("cannot open the snapshot store in {}", root.display()))?;
     let snapshots = Arc::new(snapshots);
 
     let listener = bind(&config)?;
-    tracing::info!(address = %config.address.display(), root = %config.root.display(), "serving");
+    tracing::info!(address = %config.address.display(), root = %root.display(), views = snapshots.view_status().len(), "serving");
+    if let Err(e) = pare_snapshotter::notify::ready() {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
     let service = containerd_snapshots::server(Arc::new(Service::new(snapshots.clone())));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -121,6 +163,7 @@ async fn serve(config: Config) -> Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         }
+        let _ = pare_snapshotter::notify::stopping();
     };
     tonic::transport::Server::builder()
         .add_service(service)
@@ -129,7 +172,7 @@ async fn serve(config: Config) -> Result<()> {
         .context("gRPC server failed")?;
     let _ = std::fs::remove_file(&config.address);
     tokio::task::spawn_blocking(move || snapshots.shutdown()).await?;
-    tracing::info!("stopped: views unmounted, profiles flushed");
+    tracing::info!("stopped; views keep serving their containers");
     Ok(())
 }
 

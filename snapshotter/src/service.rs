@@ -38,7 +38,7 @@ impl<M: ViewMounter> Service<M> {
         let result = tokio::task::spawn_blocking(move || inner.in_scope(|| f(&snapshots)))
             .instrument(span.clone())
             .await
-            .unwrap_or_else(|e| Err(Error::Store(format!("{op} panicked: {e}"))));
+            .unwrap_or_else(|_| Err(Error::Panicked(op)));
         span.in_scope(|| match &result {
             Ok(_) => tracing::debug!("ok"),
             Err(e) => tracing::info!(error = %e, code = ?e.code(), "failed"),

@@ -18,7 +18,7 @@ use crate::filter::{Fields, Filter};
 use crate::mounts::{self, MountSpec};
 use crate::store::{Kind, Record, Role, SnapshotId, Store, Usage};
 use crate::usage;
-use crate::views::{ViewMounter, Views};
+use crate::views::{Request, ViewMounter, Views};
 
 /// The label containerd's unpacker puts on the snapshot a layer is unpacked into.
 pub const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
@@ -47,7 +47,7 @@ pub struct SnapshotInfo {
 pub struct Snapshots<M: ViewMounter> {
     root: PathBuf,
     store: Store,
-    views: Mutex<Views<M>>,
+    views: Views<M>,
     profiled: ProfileRule,
     /// Held while a snapshot directory exists without a committed record (a
     /// Prepare in flight) and while unreferenced directories are collected,
@@ -87,15 +87,17 @@ impl<M: ViewMounter> Snapshots<M> {
     /// Opens the snapshots under `root`, cleaning what a crash left behind and
     /// remounting the views of containers that still exist.
     pub fn open(root: &Path, views: Views<M>, profiled: ProfileRule) -> Result<Snapshots<M>> {
+        private_dir(root)?;
         for dir in ["snapshots", "views", "profiles"] {
-            let path = root.join(dir);
-            std::fs::create_dir_all(&path).map_err(Error::io(&path))?;
+            private_dir(&root.join(dir))?;
         }
-        let store = Store::open(&root.join("metadata.db"))?;
+        let db = root.join("metadata.db");
+        let store = Store::open(&db)?;
+        restrict(&db, 0o600)?;
         let snapshots = Snapshots {
             root: root.to_path_buf(),
             store,
-            views: Mutex::new(views),
+            views,
             profiled,
             dirs: Mutex::new(()),
         };
@@ -107,12 +109,11 @@ impl<M: ViewMounter> Snapshots<M> {
         self.root.join("snapshots").join(id.to_string())
     }
 
-    fn views(&self) -> std::sync::MutexGuard<'_, Views<M>> {
-        self.views.lock().expect("views lock")
+    fn dirs_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.dirs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn recover(&self) -> Result<()> {
-        detach_stale_views(&self.root.join("views"));
         let snapshots_dir = self.root.join("snapshots");
         for entry in std::fs::read_dir(&snapshots_dir).map_err(Error::io(&snapshots_dir))? {
             let entry = entry.map_err(Error::io(&snapshots_dir))?;
@@ -122,7 +123,9 @@ impl<M: ViewMounter> Snapshots<M> {
                 remove_tree(&entry.path());
             }
         }
-        self.remove_orphans()?;
+        // Views of containers that still exist: adopt the servers that kept
+        // serving them (their containers never noticed the restart), start
+        // the others anew.
         for (key, record) in self.store.all()? {
             if let (
                 Kind::Active,
@@ -132,20 +135,29 @@ impl<M: ViewMounter> Snapshots<M> {
             ) = (record.kind, &record.role)
             {
                 let layers = self.chain_layers(&record.parent)?;
-                if let Err(e) = self.views().acquire(&key, chain, &layers, *profiled) {
-                    tracing::error!(key, error = %e, "cannot remount the view of a container snapshot");
+                let req = Request {
+                    user: &key,
+                    chain,
+                    layers: &layers,
+                    profiled: *profiled,
+                };
+                if let Err(e) = self.views.restore(&req) {
+                    tracing::error!(key, error = %e, "cannot restore the view of a container snapshot");
                 }
             }
         }
+        stop_unknown_views(self.views.views_dir(), &self.views.known_mountpoints());
+        self.remove_orphans()?;
         Ok(())
     }
 
     /// Removes snapshot directories that no record names and no view reads.
     fn remove_orphans(&self) -> Result<usize> {
-        let _dirs = self.dirs.lock().expect("dirs lock");
+        let dirs = self.dirs_lock();
         let known: std::collections::HashSet<SnapshotId> =
             self.store.all()?.into_iter().map(|(_, r)| r.id).collect();
-        let pinned = self.views().pinned();
+        let pinned = self.views.pinned();
+        let mut doomed = Vec::new();
         let dir = self.root.join("snapshots");
         let mut removed = 0;
         for entry in std::fs::read_dir(&dir).map_err(Error::io(&dir))? {
@@ -160,9 +172,19 @@ impl<M: ViewMounter> Snapshots<M> {
             };
             if !known.contains(&id) && !pinned.contains(&id) {
                 tracing::info!(id = id.0, "removing an unreferenced snapshot directory");
-                remove_tree(&entry.path());
+                // Renamed under the lock, deleted after it: a big tree never
+                // holds up a Prepare.
+                let to = dir.join(format!("removed-{id}"));
+                match std::fs::rename(entry.path(), &to) {
+                    Ok(()) => doomed.push(to),
+                    Err(e) => tracing::warn!(id = id.0, error = %e, "cannot remove directory"),
+                }
                 removed += 1;
             }
+        }
+        drop(dirs);
+        for path in doomed {
+            remove_tree(&path);
         }
         Ok(removed)
     }
@@ -207,9 +229,10 @@ impl<M: ViewMounter> Snapshots<M> {
         } else {
             Role::Layer
         };
-        let dirs = self.dirs.lock().expect("dirs lock");
+        let dirs = self.dirs_lock();
         let tmp = tempdir_in(&self.root.join("snapshots"))?;
         let now = now_ns();
+        let mut renamed = None;
         let created = self.store.write(|t| {
             if t.get(key)?.is_some() {
                 return Err(Error::AlreadyExists(key.to_string()));
@@ -235,6 +258,7 @@ impl<M: ViewMounter> Snapshots<M> {
             t.put(key, &record)?;
             let dir = self.snapshot_dir(record.id);
             std::fs::rename(&tmp, &dir).map_err(Error::io(&dir))?;
+            renamed = Some(dir);
             // The rename must be durable before the record that names it.
             let parent = self.root.join("snapshots");
             std::fs::File::open(&parent)
@@ -245,7 +269,9 @@ impl<M: ViewMounter> Snapshots<M> {
         let record = match created {
             Ok(record) => record,
             Err(e) => {
-                remove_tree(&tmp);
+                // The id was not committed and will be handed out again: its
+                // directory must not stay behind.
+                remove_tree(renamed.as_ref().unwrap_or(&tmp));
                 return Err(e);
             }
         };
@@ -254,9 +280,19 @@ impl<M: ViewMounter> Snapshots<M> {
             chain, profiled, ..
         } = &record.role
         {
-            let layers = self.chain_layers(parent)?;
-            if let Err(e) = self.views().acquire(key, chain, &layers, *profiled) {
-                let _ = self.remove(key);
+            let started = self.chain_layers(parent).and_then(|layers| {
+                self.views.acquire(&Request {
+                    user: key,
+                    chain,
+                    layers: &layers,
+                    profiled: *profiled,
+                })
+            });
+            if let Err(e) = started {
+                // This Prepare fails alone; the snapshot it made goes again.
+                if let Err(cleanup) = self.remove(key) {
+                    tracing::error!(key, error = %cleanup, "cannot remove the snapshot of a failed Prepare");
+                }
                 return Err(e);
             }
         }
@@ -283,7 +319,7 @@ impl<M: ViewMounter> Snapshots<M> {
                 ));
             }
             (Kind::Active, Role::Container { chain, .. }) => {
-                let view = self.views().mountpoint(chain);
+                let view = self.views.mountpoint(chain);
                 mounts::overlay(&fs, &work, &[view])
             }
             (Kind::Active, Role::Layer) if record.parent.is_empty() => mounts::bind(&fs, false),
@@ -350,7 +386,7 @@ impl<M: ViewMounter> Snapshots<M> {
             Ok(current)
         })?;
         if let Role::Container { chain, .. } = &committed.role {
-            if self.views().release(key, chain)? {
+            if self.views.release(key, chain)? {
                 self.remove_orphans()?;
             }
         }
@@ -362,19 +398,22 @@ impl<M: ViewMounter> Snapshots<M> {
         let record = self.store.write(|t| {
             let record = t.must_get(key)?;
             if !t.children(key)?.is_empty() {
-                return Err(Error::precondition(key, "snapshot has children"));
+                return Err(Error::precondition(
+                    key,
+                    "cannot remove a snapshot that has children",
+                ));
             }
             t.delete(key)?;
             Ok(record)
         })?;
         let mut view_stopped = false;
         if let Role::Container { chain, .. } = &record.role {
-            match self.views().release(key, chain) {
+            match self.views.release(key, chain) {
                 Ok(stopped) => view_stopped = stopped,
                 Err(e) => tracing::error!(key, error = %e, "releasing the view failed"),
             }
         }
-        if !self.views().pinned().contains(&record.id) {
+        if !self.views.pinned().contains(&record.id) {
             let dir = self.snapshot_dir(record.id);
             let doomed = self
                 .root
@@ -473,14 +512,18 @@ impl<M: ViewMounter> Snapshots<M> {
         self.remove_orphans()
     }
 
-    /// Unmounts every view and flushes every profile (graceful stop).
+    /// Graceful stop: views keep serving their containers (each in its own
+    /// process); the next start adopts them.
     pub fn shutdown(&self) {
-        self.views().stop_all();
+        let views = self.views.status();
+        if !views.is_empty() {
+            tracing::info!(views = views.len(), "views keep serving their containers");
+        }
     }
 
-    /// Mounted views and their container snapshots.
+    /// Views and their container snapshots.
     pub fn view_status(&self) -> Vec<(String, Vec<String>)> {
-        self.views().status()
+        self.views.status()
     }
 }
 
@@ -542,21 +585,57 @@ fn remove_tree(path: &Path) {
     }
 }
 
-/// Detaches whatever is still mounted under `views_dir` (views of a daemon
-/// that died: their FUSE connection is gone).
-fn detach_stale_views(views_dir: &Path) {
-    let mut stale: Vec<PathBuf> = pare_fs::view::mountpoints()
-        .into_iter()
-        .filter(|p| p.starts_with(views_dir) && p != views_dir)
-        .collect();
-    stale.sort();
-    stale.dedup();
-    for path in stale.iter().rev() {
-        tracing::warn!(mountpoint = %path.display(), "detaching a stale view mount");
-        if let Err(e) = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
-            tracing::warn!(mountpoint = %path.display(), error = %e, "cannot detach stale view");
+/// Stops view servers and mounts under `views_dir` that no container needs
+/// (their containers went while no daemon ran), and detaches mounts whose
+/// server is gone.
+fn stop_unknown_views(views_dir: &Path, known: &std::collections::HashSet<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(views_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "server") {
+            let mountpoint = path.with_extension("");
+            if known.contains(&mountpoint) {
+                continue;
+            }
+            match crate::viewproc::ServerState::read(&mountpoint) {
+                Some(state) if state.process.is_alive() => {
+                    tracing::info!(chain = state.chain, "stopping a view no container uses");
+                    crate::viewproc::stop_server(&state, Duration::from_secs(5));
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
         }
     }
+    for mount in pare_fs::mountinfo::mounts_under(views_dir) {
+        if mount.mount_point != views_dir && !known.contains(&mount.mount_point) {
+            tracing::warn!(mountpoint = %mount.mount_point.display(), "detaching a stale view mount");
+            if mount.major == 0 {
+                crate::viewproc::abort_connection(mount.minor);
+            }
+            crate::viewproc::detach_if_mounted(&mount.mount_point);
+        }
+    }
+    for entry in std::fs::read_dir(views_dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() && !known.contains(&path) {
+            let _ = std::fs::remove_dir(&path);
+        }
+    }
+}
+
+/// Creates `dir` if needed and makes it private to root (0700).
+fn private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    restrict(dir, 0o700)
+}
+
+fn restrict(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(Error::io(path))
 }
 
 #[cfg(test)]

@@ -1,8 +1,12 @@
 //! The metadata store: one redb table of snapshot records keyed by snapshot
 //! key, and a counter for snapshot ids. Every change is one transaction.
+//! After an I/O error (a full disk) redb refuses every later transaction until
+//! the database is reopened; the store reopens it at once, so the failed
+//! call reports the error and the next one works again.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -82,7 +86,8 @@ pub struct Record {
 
 /// The store.
 pub struct Store {
-    db: Database,
+    path: PathBuf,
+    db: RwLock<Option<Database>>,
 }
 
 /// A write transaction over the snapshot table.
@@ -90,47 +95,97 @@ pub struct Txn {
     tx: WriteTransaction,
 }
 
+fn create(path: &Path) -> Result<Database> {
+    let db = Database::create(path)?;
+    let tx = db.begin_write()?;
+    tx.open_table(SNAPSHOTS)?;
+    tx.open_table(COUNTERS)?;
+    tx.commit()?;
+    Ok(db)
+}
+
 impl Store {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = Database::create(path)?;
-        let tx = db.begin_write()?;
-        tx.open_table(SNAPSHOTS)?;
-        tx.open_table(COUNTERS)?;
-        tx.commit()?;
-        Ok(Store { db })
+        Ok(Store {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(create(path)?)),
+        })
+    }
+
+    fn db(&self) -> RwLockReadGuard<'_, Option<Database>> {
+        self.db.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the database; reopens it after an I/O error.
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        if self.db().is_none() {
+            self.reopen();
+        }
+        let result = match self.db().as_ref() {
+            Some(db) => f(db),
+            None => Err(Error::Store(Box::new(redb::Error::DatabaseClosed))),
+        };
+        if let Err(e) = &result {
+            if e.needs_reopen() {
+                tracing::error!(path = %self.path.display(), error = %e, "metadata store failed; reopening it");
+                self.reopen();
+            }
+        }
+        result
+    }
+
+    fn reopen(&self) {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        // The failed instance must be closed before the file is opened again.
+        drop(db.take());
+        match create(&self.path) {
+            Ok(fresh) => {
+                *db = Some(fresh);
+                tracing::info!(path = %self.path.display(), "metadata store reopened");
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot reopen the metadata store; trying again at the next call")
+            }
+        }
     }
 
     /// The record of `key`.
     pub fn get(&self, key: &str) -> Result<Option<Record>> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(SNAPSHOTS)?;
-        match table.get(key)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
-            None => Ok(None),
-        }
+        self.with(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(SNAPSHOTS)?;
+            match table.get(key)? {
+                Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Every record, by key.
     pub fn all(&self) -> Result<Vec<(String, Record)>> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(SNAPSHOTS)?;
-        let mut out = Vec::new();
-        for item in table.iter()? {
-            let (k, v) = item?;
-            out.push((k.value().to_string(), serde_json::from_slice(v.value())?));
-        }
-        Ok(out)
+        self.with(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(SNAPSHOTS)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                out.push((k.value().to_string(), serde_json::from_slice(v.value())?));
+            }
+            Ok(out)
+        })
     }
 
     /// Runs `f` in one write transaction; commits when it returns `Ok`.
     pub fn write<T>(&self, f: impl FnOnce(&mut Txn) -> Result<T>) -> Result<T> {
-        let mut txn = Txn {
-            tx: self.db.begin_write()?,
-        };
-        let out = f(&mut txn)?;
-        txn.tx.commit()?;
-        Ok(out)
+        self.with(|db| {
+            let mut txn = Txn {
+                tx: db.begin_write()?,
+            };
+            let out = f(&mut txn)?;
+            txn.tx.commit()?;
+            Ok(out)
+        })
     }
 }
 

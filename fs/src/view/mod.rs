@@ -7,7 +7,7 @@ mod mount;
 
 use std::time::Duration;
 
-pub use mount::{MountedView, ViewError, is_mountpoint, mount, mountpoints};
+pub use mount::{MountedView, Stopped, ViewError, is_mountpoint, mount, mountpoints};
 
 use crate::layers::LayerStack;
 use crate::profile::RecorderHandle;

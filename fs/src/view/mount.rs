@@ -4,6 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 
@@ -14,7 +15,7 @@ use super::{View, ViewOptions};
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
     /// Not running as root.
-    #[error("mounting a view needs root (it mounts FUSE with allow_other, suid and dev)")]
+    #[error("mounting a view needs root (it mounts FUSE with allow_other)")]
     NotRoot,
     /// `/dev/fuse` is missing.
     #[error(
@@ -79,8 +80,11 @@ pub fn mount(view: View, mountpoint: &Path, opts: &ViewOptions) -> Result<Mounte
         // (the mount shows as fuse.pare).
         MountOption::CUSTOM("subtype=pare".into()),
         MountOption::RO,
-        MountOption::Dev,
-        MountOption::Suid,
+        // The view is a lower layer: a container's overlay on top decides
+        // whether setuid bits and device nodes work (they do: overlayfs checks
+        // its own mount's flags), so nothing on the host can use them here.
+        MountOption::NoDev,
+        MountOption::NoSuid,
         MountOption::DefaultPermissions,
     ];
     config.acl = SessionACL::All;
@@ -107,6 +111,16 @@ pub fn mount(view: View, mountpoint: &Path, opts: &ViewOptions) -> Result<Mounte
     })
 }
 
+/// How [`MountedView::stop`] ended.
+pub enum Stopped {
+    /// Unmounted and no longer served; the result of serving.
+    Unmounted(Result<(), ViewError>),
+    /// Something outside this mount namespace still uses the view (an
+    /// overlay that leaked into another namespace): the mount point is
+    /// detached here, and the view keeps serving those users until they go.
+    StillServing(MountedView),
+}
+
 impl MountedView {
     /// Where the view is mounted.
     pub fn mountpoint(&self) -> &Path {
@@ -118,17 +132,41 @@ impl MountedView {
         self.thread.is_finished()
     }
 
+    /// The FUSE connection number (`/sys/fs/fuse/connections/<n>`), read
+    /// from the mount table.
+    pub fn connection(&self) -> Option<u32> {
+        crate::mountinfo::mount_at(&self.mountpoint)
+            .filter(|m| m.major == 0)
+            .map(|m| m.minor)
+    }
+
     /// Unmounts (if still mounted) and waits for the serving threads to stop.
-    pub fn unmount(mut self) -> Result<(), ViewError> {
+    pub fn unmount(self) -> Result<(), ViewError> {
+        match self.stop(Duration::MAX) {
+            Stopped::Unmounted(result) => result,
+            Stopped::StillServing(view) => view.wait(),
+        }
+    }
+
+    /// Unmounts, detaching the mount point when it is busy, and waits at most
+    /// `wait` for serving to end.
+    pub fn stop(mut self, wait: Duration) -> Stopped {
         if let Err(source) = self.unmounter.unmount() {
-            // Already unmounted from outside is fine; anything else is reported.
+            // Already unmounted from outside is fine; a busy mount is detached.
             if source.raw_os_error() != Some(libc::EINVAL) {
-                tracing::warn!(mountpoint = %self.mountpoint.display(), error = %source, "unmount failed; detaching");
+                tracing::info!(mountpoint = %self.mountpoint.display(), error = %source, "view busy; detaching it");
                 let _ =
                     rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH);
             }
         }
-        self.wait()
+        let deadline = Instant::now().checked_add(wait);
+        while !self.thread.is_finished() {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Stopped::StillServing(self);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Stopped::Unmounted(self.wait())
     }
 
     /// Waits until the view is unmounted from outside (`umount`, `fusermount3 -u`).
@@ -168,52 +206,12 @@ fn preflight(mountpoint: &Path) -> Result<(), ViewError> {
     Ok(())
 }
 
-/// Mount points of this mount namespace, from `/proc/self/mountinfo`, with
-/// its octal escapes (`\040` for a space) undone.
+/// Mount points of this mount namespace, from `/proc/self/mountinfo`.
 pub fn mountpoints() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape_mountinfo(field)))
-        .collect()
+    crate::mountinfo::mount_points()
 }
 
 /// True when `path` (canonical) is the mount point of some mount.
 pub fn is_mountpoint(path: &Path) -> bool {
-    mountpoints().iter().any(|m| m == path)
-}
-
-/// Undoes the octal escapes (`\040` for space) of mountinfo fields.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(
-            super::unescape_mountinfo(r"/mnt/a\040b\134c"),
-            "/mnt/a b\\c"
-        );
-        assert_eq!(super::unescape_mountinfo("/plain"), "/plain");
-    }
+    crate::mountinfo::mount_at(path).is_some()
 }

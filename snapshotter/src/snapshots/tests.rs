@@ -1,56 +1,92 @@
 //! Unit tests of the snapshot state machine, with a fake view mounter (no root).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use pare_fs::profile::RecorderHandle;
-
 use super::*;
-use crate::views::{ViewMounter, Views};
+use crate::views::{MountError, StopOutcome, ViewMounter, ViewSpec, Views};
 
-/// Records mount and unmount calls instead of mounting.
+/// Records mount and stop calls instead of mounting; can be told to fail,
+/// to hold mounts until released, and which views an earlier run left serving.
 #[derive(Clone, Default)]
 struct FakeMounter {
     calls: Arc<Mutex<Vec<String>>>,
+    fail: Arc<Mutex<Option<MountError>>>,
+    serving: Arc<Mutex<HashSet<PathBuf>>>,
+    hold: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl FakeMounter {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn set_hold(&self, on: bool) {
+        *self.hold.0.lock().unwrap() = on;
+        self.hold.1.notify_all();
+    }
+}
+
+fn name(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
 }
 
 impl ViewMounter for FakeMounter {
     type Handle = PathBuf;
 
-    fn mount(
-        &self,
-        layers: &[PathBuf],
-        mountpoint: &Path,
-        recorder: Option<RecorderHandle>,
-    ) -> std::result::Result<PathBuf, String> {
-        let ids: Vec<String> = layers
+    fn mount(&self, spec: &ViewSpec) -> std::result::Result<PathBuf, MountError> {
+        let (held, cv) = &*self.hold;
+        let guard = held.lock().unwrap();
+        let (_guard, timeout) = cv
+            .wait_timeout_while(guard, Duration::from_secs(10), |held| *held)
+            .unwrap();
+        assert!(!timeout.timed_out(), "a held mount was never released");
+        if let Some(e) = self.fail.lock().unwrap().clone() {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("failed {}", name(&spec.mountpoint)));
+            return Err(e);
+        }
+        let ids: Vec<String> = spec
+            .layers
             .iter()
-            .map(|l| {
-                l.parent()
-                    .unwrap()
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned()
-            })
+            .map(|l| name(l.parent().unwrap()))
             .collect();
         self.calls.lock().unwrap().push(format!(
             "mount {} [{}] profiled={}",
-            mountpoint.file_name().unwrap().to_string_lossy(),
+            name(&spec.mountpoint),
             ids.join(","),
-            recorder.is_some()
+            spec.profile.is_some()
         ));
-        Ok(mountpoint.to_path_buf())
+        self.serving.lock().unwrap().insert(spec.mountpoint.clone());
+        Ok(spec.mountpoint.clone())
     }
 
-    fn unmount(&self, handle: PathBuf) -> std::result::Result<(), String> {
-        self.calls.lock().unwrap().push(format!(
-            "unmount {}",
-            handle.file_name().unwrap().to_string_lossy()
-        ));
-        Ok(())
+    fn adopt(&self, spec: &ViewSpec) -> Option<PathBuf> {
+        let serving = self.serving.lock().unwrap().contains(&spec.mountpoint);
+        serving.then(|| {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("adopt {}", name(&spec.mountpoint)));
+            spec.mountpoint.clone()
+        })
+    }
+
+    fn is_serving(&self, handle: &PathBuf) -> bool {
+        self.serving.lock().unwrap().contains(handle)
+    }
+
+    fn stop(&self, handle: PathBuf) -> StopOutcome {
+        self.serving.lock().unwrap().remove(&handle);
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("unmount {}", name(&handle)));
+        StopOutcome::Stopped
     }
 }
 
@@ -79,7 +115,7 @@ fn open(root: &Path, mounter: &FakeMounter) -> Snapshots<FakeMounter> {
         mounter.clone(),
         root.join("views"),
         root.join("profiles"),
-        Duration::from_millis(5),
+        Duration::from_secs(5),
     );
     Snapshots::open(root, views, Box::new(|ns: &str| ns != "quiet")).unwrap()
 }
@@ -376,6 +412,7 @@ fn reopening_cleans_half_made_dirs_and_remounts_container_views() {
     std::fs::create_dir(snapshots.join("new-crash")).unwrap();
     std::fs::create_dir(snapshots.join("999")).unwrap();
     drop(e.snaps); // a crash: nothing unmounted, nothing cleaned
+    // The view's server died with the daemon: a new one is mounted.
     let mounter = FakeMounter::default();
     let snaps = open(&e.root, &mounter);
     assert!(!snapshots.join("new-crash").exists());
@@ -390,4 +427,106 @@ fn reopening_cleans_half_made_dirs_and_remounts_container_views() {
         vec![("sha256:c2".to_string(), vec!["default/10/c1".to_string()])]
     );
     assert_eq!(snaps.cleanup().unwrap(), 0);
+}
+
+#[test]
+fn a_restart_adopts_views_whose_servers_kept_serving() {
+    let e = env();
+    let top = unpack_image(&e.snaps, "default");
+    e.snaps
+        .create("default/10/c1", &top, no_labels(), false)
+        .unwrap();
+    drop(e.snaps); // SIGKILL: the view's server lives on
+    let before = e.mounter.calls().len();
+    let snaps = open(&e.root, &e.mounter);
+    assert_eq!(e.mounter.calls()[before..], ["adopt sha256-c2"]);
+    // New containers share the adopted view; the last one stops it.
+    snaps
+        .create("default/11/c2", &top, no_labels(), false)
+        .unwrap();
+    snaps.remove("default/10/c1").unwrap();
+    snaps.remove("default/11/c2").unwrap();
+    assert_eq!(
+        e.mounter.calls()[before..],
+        ["adopt sha256-c2", "unmount sha256-c2"]
+    );
+}
+
+#[test]
+fn a_view_that_fails_to_mount_fails_only_that_prepare() {
+    let e = env();
+    let top = unpack_image(&e.snaps, "default");
+    *e.mounter.fail.lock().unwrap() = Some(MountError::Refused(
+        "mounting FUSE on /x failed: No such device".into(),
+    ));
+    let err = e
+        .snaps
+        .create("default/10/c1", &top, no_labels(), false)
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Internal);
+    assert!(
+        err.to_string()
+            .contains("view for sha256:c2: mounting FUSE on /x failed: No such device"),
+        "{err}"
+    );
+    // Nothing of the failed Prepare is left, and the next calls are answered.
+    assert_eq!(code(e.snaps.stat("default/10/c1")), tonic::Code::NotFound);
+    assert_eq!(e.snaps.list(&[]).unwrap().len(), 2);
+    assert!(e.snaps.view_status().is_empty());
+    *e.mounter.fail.lock().unwrap() = None;
+    e.snaps
+        .create("default/10/c1", &top, no_labels(), false)
+        .unwrap();
+    assert_eq!(
+        e.mounter.calls(),
+        ["failed sha256-c2", "mount sha256-c2 [2,1] profiled=true"]
+    );
+    assert_eq!(e.snaps.cleanup().unwrap(), 0, "no directory leaked");
+}
+
+#[test]
+fn a_slow_view_mount_holds_up_no_other_rpc() {
+    let e = env();
+    let top = unpack_image(&e.snaps, "default");
+    let quiet = unpack_image(&e.snaps, "quiet");
+    e.mounter.set_hold(true);
+    let snaps = Arc::new(e.snaps);
+    let slow = {
+        let snaps = snaps.clone();
+        let top = top.clone();
+        std::thread::spawn(move || snaps.create("default/10/c1", &top, no_labels(), false))
+    };
+    // While that Prepare waits for its view, everything else is answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while snaps.view_status().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow Prepare never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(snaps.stat(&top).unwrap().kind, Kind::Committed);
+    snaps
+        .create("quiet/11/c2", &quiet, no_labels(), false)
+        .unwrap();
+    snaps.remove("quiet/11/c2").unwrap();
+    assert!(!slow.is_finished());
+    e.mounter.set_hold(false);
+    slow.join().unwrap().unwrap();
+    assert_eq!(e.mounter.calls(), ["mount sha256-c2 [2,1] profiled=true"]);
+}
+
+#[test]
+fn the_state_root_and_its_directories_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = env();
+    for path in ["", "snapshots", "views", "profiles", "metadata.db"] {
+        let mode = std::fs::metadata(e.root.join(path))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        let want = if path == "metadata.db" { 0o600 } else { 0o700 };
+        assert_eq!(mode, want, "{path:?}");
+    }
 }

@@ -1,0 +1,169 @@
+//! The view server itself (`pare-snapshotter serve-view`): mounts one image
+//! view, writes its state file, reports `ready` on stdout, and serves until
+//! SIGTERM or until its mount is unmounted from outside; then unmounts and
+//! flushes the profile.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use pare_fs::layers::LayerStack;
+use pare_fs::profile::Recorder;
+use pare_fs::view::{self, ReadMode, Stopped, View, ViewOptions};
+
+use super::{ProcessId, ServerState};
+
+/// Arguments of `serve-view` (given by the snapshotter, not by people).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Where to mount the view.
+    #[arg(long)]
+    pub mountpoint: PathBuf,
+    /// The image chain served.
+    #[arg(long)]
+    pub image: String,
+    /// Layer directories, topmost first.
+    #[arg(long = "layer", required = true)]
+    pub layers: Vec<PathBuf>,
+    /// Profile journal; none: accesses are not recorded.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Serving threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Serve reads with pread instead of FUSE passthrough.
+    #[arg(long)]
+    pub no_passthrough: bool,
+    /// Profile flush interval in ms.
+    #[arg(long, default_value_t = 10)]
+    pub flush_ms: u64,
+    /// Log filter.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// JSON logs.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Why a view server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The layers could not be opened.
+    #[error("cannot read the layers: {0}")]
+    Layers(#[from] pare_fs::layers::LayerError),
+    /// The profile could not be opened.
+    #[error(transparent)]
+    Profile(#[from] pare_fs::profile::RecorderError),
+    /// The view could not be mounted.
+    #[error(transparent)]
+    Mount(#[from] pare_fs::view::ViewError),
+    /// The state file could not be written.
+    #[error("cannot write the view's state file: {0}")]
+    State(#[source] std::io::Error),
+}
+
+/// How long serving may take to end after an unmount before the server
+/// treats the view as used elsewhere.
+const UNMOUNT_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs a view server. Before the mount is ready, errors are reported on
+/// stdout as `error <reason>` so the snapshotter can say why.
+pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let result = start(&args);
+    let mut stdout = std::io::stdout();
+    let (mounted, recorder, state) = match result {
+        Ok(started) => {
+            let _ = writeln!(stdout, "ready").and_then(|()| stdout.flush());
+            started
+        }
+        Err(e) => {
+            let _ = writeln!(stdout, "error {e}").and_then(|()| stdout.flush());
+            return Err(e);
+        }
+    };
+    let term = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let _ = signal_hook::flag::register(signal, term.clone());
+    }
+    // Ignored: a closing terminal must not stop a view containers depend on.
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        Arc::new(AtomicBool::new(false)),
+    );
+    while !term.load(Ordering::Relaxed) && !mounted.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let served = if mounted.is_finished() {
+        tracing::info!(mountpoint = %args.mountpoint.display(), "view unmounted from outside");
+        mounted.wait()
+    } else {
+        match mounted.stop(UNMOUNT_WAIT) {
+            Stopped::Unmounted(result) => result,
+            Stopped::StillServing(still) => {
+                tracing::info!(
+                    mountpoint = %args.mountpoint.display(),
+                    "view detached while still in use elsewhere; serving until its last user goes"
+                );
+                state.remove_if_mine();
+                still.wait()
+            }
+        }
+    };
+    if let Some(recorder) = recorder {
+        match recorder.finish() {
+            Ok(records) => tracing::info!(image = args.image, records, "profile flushed"),
+            Err(e) => tracing::error!(image = args.image, error = %e, "profile flush failed"),
+        }
+    }
+    state.remove_if_mine();
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "serving ended with an error");
+    }
+    tracing::info!(image = args.image, "view server stopped");
+    Ok(())
+}
+
+fn start(
+    args: &ServeArgs,
+) -> Result<(view::MountedView, Option<Recorder>, ServerState), ServeError> {
+    let stack = LayerStack::open(args.layers.clone())?;
+    let recorder = match &args.profile {
+        Some(path) => Some(Recorder::open(
+            path,
+            Some(args.image.clone()),
+            Duration::from_millis(args.flush_ms.max(1)),
+        )?),
+        None => None,
+    };
+    let mut options = ViewOptions {
+        threads: args.threads.max(1),
+        ..ViewOptions::default()
+    };
+    if args.no_passthrough {
+        options.read_mode = ReadMode::Pread;
+    }
+    let view = View::new(stack, recorder.as_ref().map(Recorder::handle));
+    let mounted = view::mount(view, &args.mountpoint, &options)?;
+    let state = match (ProcessId::current(), mounted.connection()) {
+        (Some(process), Some(connection)) => ServerState {
+            process,
+            connection,
+            chain: args.image.clone(),
+            mountpoint: mounted.mountpoint().to_path_buf(),
+        },
+        _ => {
+            let _ = mounted.unmount();
+            return Err(ServeError::State(std::io::Error::other(
+                "cannot find this process or its mount in /proc",
+            )));
+        }
+    };
+    if let Err(e) = state.write() {
+        let _ = mounted.unmount();
+        return Err(ServeError::State(e));
+    }
+    tracing::info!(image = args.image, mountpoint = %args.mountpoint.display(), pid = state.process.pid, "view serving");
+    Ok((mounted, recorder, state))
+}
