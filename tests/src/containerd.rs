@@ -338,6 +338,21 @@ impl Ctr {
         Ok(())
     }
 
+    /// `ctr run --detach` with extra `flags` (e.g. `--mount ...`).
+    pub fn run_detached_with(
+        &self,
+        flags: &[&str],
+        image: &str,
+        id: &str,
+        snapshotter: &str,
+        cmd: &[&str],
+    ) -> Result<()> {
+        let mut all = vec!["--detach"];
+        all.extend_from_slice(flags);
+        self.run_with(&all, image, id, snapshotter, cmd)?;
+        Ok(())
+    }
+
     fn run_with(
         &self,
         flags: &[&str],

@@ -118,7 +118,60 @@ impl PareSnapshotter {
         self.spawn()
     }
 
-    /// SIGTERM and a clean exit (views unmounted, profiles flushed).
+    /// Starts the daemon again with another binary (an upgrade).
+    pub fn restart_with(&mut self, bin: &Path) -> Result<()> {
+        ensure!(self.child.is_none(), "pare-snapshotter is still running");
+        self.bin = bin.to_path_buf();
+        self.spawn()
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM and a clean exit, keeping the guard for a restart. Views keep
+    /// serving their containers.
+    pub fn terminate(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("not running")?;
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::Signal::TERM,
+        )?;
+        let status = wait_timeout(&mut child, Duration::from_secs(30))?
+            .with_context(|| format!("pare-snapshotter ignored SIGTERM: {}", self.log_text()))?;
+        ensure!(
+            status.success(),
+            "pare-snapshotter exited with {status}: {}",
+            self.log_text()
+        );
+        Ok(())
+    }
+
+    /// Pids of the view servers running for this root (from their state files).
+    pub fn view_servers(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir(self.root.join("views"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "server") {
+                let state: Option<serde_json::Value> = std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                if let Some(pid) = state.and_then(|s| s["process"]["pid"].as_i64()) {
+                    if Path::new(&format!("/proc/{pid}")).exists() {
+                        pids.push(pid as i32);
+                    }
+                }
+            }
+        }
+        pids
+    }
+
+    /// SIGTERM and a clean exit.
     pub fn stop(mut self) -> Result<()> {
         let mut child = self.child.take().context("not running")?;
         rustix::process::kill_process(
@@ -137,13 +190,12 @@ impl PareSnapshotter {
 
     /// Mountpoints of views under the root, from mountinfo.
     pub fn mounted_views(&self) -> Vec<PathBuf> {
-        let views = self.root.join("views");
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        info.lines()
-            .filter(|l| l.contains(" - fuse.pare "))
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(PathBuf::from)
-            .filter(|p| p.starts_with(&views))
+        let views = std::fs::canonicalize(self.root.join("views"))
+            .unwrap_or_else(|_| self.root.join("views"));
+        pare_fs::mountinfo::mounts_under(&views)
+            .into_iter()
+            .filter(|m| m.fs_type == "fuse.pare")
+            .map(|m| m.mount_point)
             .collect()
     }
 }
@@ -163,8 +215,15 @@ impl Drop for PareSnapshotter {
                 let _ = child.wait();
             }
         }
+        // Views outlive the daemon by design; a test's end takes them down.
+        let servers = self.view_servers();
         for view in self.mounted_views() {
             let _ = rustix::mount::unmount(&view, rustix::mount::UnmountFlags::DETACH);
+        }
+        for pid in servers {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
         }
     }
 }

@@ -292,7 +292,10 @@ fn read_line(mut out: std::process::ChildStdout, limit: Duration) -> Result<Stri
         };
         let polled = {
             let fd = out.as_fd();
-            let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+            let mut fds = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
             rustix::event::poll(&mut fds, Some(&ts))
         };
         match polled {
