@@ -338,6 +338,21 @@ impl Ctr {
         Ok(())
     }
 
+    /// Like [`Ctr::run`], with extra `flags` (e.g. `--allow-new-privs`).
+    pub fn run_flags(
+        &self,
+        flags: &[&str],
+        image: &str,
+        id: &str,
+        snapshotter: &str,
+        cmd: &[&str],
+    ) -> Result<String> {
+        let mut all = vec!["--rm"];
+        all.extend_from_slice(flags);
+        let out = self.run_with(&all, image, id, snapshotter, cmd)?;
+        String::from_utf8(out.stdout).context("container stdout is not UTF-8")
+    }
+
     /// `ctr run --detach` with extra `flags` (e.g. `--mount ...`).
     pub fn run_detached_with(
         &self,
