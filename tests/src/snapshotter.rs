@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ pub struct PareSnapshotter {
     root: PathBuf,
     socket: PathBuf,
     log: PathBuf,
+    envs: Vec<(String, String)>,
 }
 
 /// Path of the `pare-snapshotter` binary next to the `pare` binary.
@@ -39,6 +41,7 @@ impl PareSnapshotter {
             root: dir.join("root"),
             socket: dir.join("pare.sock"),
             log: dir.join("pare-snapshotter.log"),
+            envs: Vec::new(),
         };
         s.spawn()?;
         Ok(s)
@@ -47,6 +50,9 @@ impl PareSnapshotter {
     fn spawn(&mut self) -> Result<()> {
         let log = File::options().create(true).append(true).open(&self.log)?;
         let child = Command::new(&self.bin)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            // Its own process group, as under systemd.
+            .process_group(0)
             .arg("--root")
             .arg(&self.root)
             .arg("--address")
@@ -123,6 +129,11 @@ impl PareSnapshotter {
         ensure!(self.child.is_none(), "pare-snapshotter is still running");
         self.bin = bin.to_path_buf();
         self.spawn()
+    }
+
+    /// Sets an environment variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.envs.push((key.to_string(), value.to_string()));
     }
 
     /// The daemon's pid, while it runs.
