@@ -19,7 +19,10 @@ use pare_tests::prereq::{Need, PARE_NODE, privileged};
 use pare_tests::snapshotter::{PareSnapshotter, snapshotter_bin};
 use rustix::process::{Pid, Signal};
 
-const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pare-snapshotter.service");
+const UNIT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/pare-snapshotter.service"
+);
 const IMAGE: &str = "docker.io/pare-tests/systemd:v1";
 
 /// `key=value` settings of the unit, in order.
@@ -49,13 +52,29 @@ fn privileged_the_shipped_unit_verifies_and_keeps_view_servers_across_restarts()
             .collect()
     };
     ensure!(get("Type") == ["notify"], "Type {:?}", get("Type"));
-    ensure!(get("KillMode") == ["process"], "KillMode {:?}", get("KillMode"));
-    ensure!(get("OOMPolicy") == ["continue"], "OOMPolicy {:?}", get("OOMPolicy"));
-    ensure!(get("RequiredBy").is_empty() && get("Requires").is_empty() && get("BindsTo").is_empty());
-    ensure!(get("Before") == ["containerd.service"]);
-    ensure!(get("WantedBy").iter().any(|w| w.split(' ').any(|u| u == "containerd.service")));
     ensure!(
-        get("MountFlags").is_empty() && get("PrivateTmp").is_empty() && get("ProtectSystem").is_empty(),
+        get("KillMode") == ["process"],
+        "KillMode {:?}",
+        get("KillMode")
+    );
+    ensure!(
+        get("OOMPolicy") == ["continue"],
+        "OOMPolicy {:?}",
+        get("OOMPolicy")
+    );
+    ensure!(
+        get("RequiredBy").is_empty() && get("Requires").is_empty() && get("BindsTo").is_empty()
+    );
+    ensure!(get("Before") == ["containerd.service"]);
+    ensure!(
+        get("WantedBy")
+            .iter()
+            .any(|w| w.split(' ').any(|u| u == "containerd.service"))
+    );
+    ensure!(
+        get("MountFlags").is_empty()
+            && get("PrivateTmp").is_empty()
+            && get("ProtectSystem").is_empty(),
         "the unit must stay in the host's mount namespace"
     );
     // verify needs ExecStart to exist: point it at the built binary.
@@ -88,7 +107,11 @@ fn privileged_the_shipped_unit_verifies_and_keeps_view_servers_across_restarts()
 fn pgid(pid: i32) -> Result<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = &stat[stat.rfind(')').context("stat")? + 2..];
-    rest.split(' ').nth(2).context("pgrp")?.parse().context("pgrp")
+    rest.split(' ')
+        .nth(2)
+        .context("pgrp")?
+        .parse()
+        .context("pgrp")
 }
 
 fn alive(pid: i32) -> bool {
@@ -107,8 +130,10 @@ fn privileged_view_servers_survive_the_daemons_group_signals_and_readiness_follo
     }
     let scratch = Scratch::new()?;
     let mut pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
-    let containerd =
-        Containerd::start(&scratch.path().join("containerd"), &pare.containerd_config())?;
+    let containerd = Containerd::start(
+        &scratch.path().join("containerd"),
+        &pare.containerd_config(),
+    )?;
     let result = (|| -> Result<()> {
         let mut app = Layer::new(MTIME);
         app.dir("app", 0o755);
@@ -125,7 +150,10 @@ fn privileged_view_servers_survive_the_daemons_group_signals_and_readiness_follo
         ensure!(servers.len() == 1, "one view server: {servers:?}");
         let server = servers[0];
         let daemon = pare.pid().context("daemon runs")? as i32;
-        ensure!(pgid(server)? == server, "the view server leads its own process group");
+        ensure!(
+            pgid(server)? == server,
+            "the view server leads its own process group"
+        );
         ensure!(pgid(daemon)? != pgid(server)?);
 
         // SIGHUP (a closing terminal) does not stop a view server.
@@ -140,8 +168,19 @@ fn privileged_view_servers_survive_the_daemons_group_signals_and_readiness_follo
         }
         let _ = pare.terminate(); // reaps the exited child
         std::thread::sleep(Duration::from_millis(200));
-        ensure!(alive(server), "the view server died with the daemon's group");
-        let exec = ctr.ctr(&["tasks", "exec", "--exec-id", "probe", "sleeper", "cat", "/app/keep.txt"])?;
+        ensure!(
+            alive(server),
+            "the view server died with the daemon's group"
+        );
+        let exec = ctr.ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "probe",
+            "sleeper",
+            "cat",
+            "/app/keep.txt",
+        ])?;
         ensure!(
             exec.stdout == b"keep\n",
             "the running container still reads its image: {exec:?}"
@@ -156,13 +195,22 @@ fn privileged_view_servers_survive_the_daemons_group_signals_and_readiness_follo
         pare.restart()?;
         let mut buf = [0u8; 256];
         let n = notify.recv(&mut buf).context("no readiness notification")?;
-        ensure!(buf[..n].starts_with(b"READY=1\n"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+        ensure!(
+            buf[..n].starts_with(b"READY=1\n"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
         let log = pare.log_text();
-        let adopted = log.rfind("view adopted").context("the restart adopted the view")?;
+        let adopted = log
+            .rfind("view adopted")
+            .context("the restart adopted the view")?;
         let serving = log.rfind("serving").context("serving logged")?;
         ensure!(adopted < serving, "adopted before serving");
         ensure!(std::os::unix::net::UnixStream::connect(pare.socket()).is_ok());
-        ensure!(pare.view_servers() == [server], "the same view server serves on");
+        ensure!(
+            pare.view_servers() == [server],
+            "the same view server serves on"
+        );
         ctr.remove("sleeper")?;
         Ok(())
     })();

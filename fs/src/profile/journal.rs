@@ -1,16 +1,28 @@
 //! The journal file format (version 1).
 //!
 //! ```text
-//! header   b"PAREPROF" | u16 LE version (1) | u16 LE flags (0) | u32 LE n | n bytes of JSON
+//! header   b"PAREPROF" | u16 LE version (1) | u16 LE flags | u32 LE n | n bytes of JSON
 //!          JSON: {"image": "sha256:…" or null, "created_unix_ns": u64, "writer": "pare 0.1.0"}
 //! record   u32 LE payload length | u32 LE CRC-32 of payload | payload
 //! payload  u64 LE ns since created | u8 access kind | image path bytes (absolute)
 //! ```
 //!
-//! The file is only ever appended to. A record whose length runs past the end
+//! Records are only ever appended. A record whose length runs past the end
 //! of the file or whose checksum does not match ends the journal: that is a
 //! torn tail from a crash, which readers ignore (and writers truncate away
 //! before appending again).
+//!
+//! Flags (bit 0 is the lowest bit of the u16):
+//!
+//! | bit | name | meaning |
+//! | --- | --- | --- |
+//! | 0 | [`FLAG_INCOMPLETE`] | records were lost while the journal was written (write errors, a full disk): the profile misses accesses |
+//! | 1-15 | reserved | written as 0, ignored by readers, kept by writers |
+//!
+//! The flags are the only bytes a writer ever changes in place: setting
+//! [`FLAG_INCOMPLETE`] is a positioned write of the two bytes at
+//! [`FLAGS_OFFSET`], which needs no new block and so works on a full disk.
+//! Journals written before the flag existed have flags 0 and read as complete.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +32,10 @@ pub const MAGIC: &[u8; 8] = b"PAREPROF";
 pub const VERSION: u16 = 1;
 /// Fixed part of the header before the JSON.
 pub const FIXED_HEADER_LEN: usize = 16;
+/// Byte offset of the u16 flags in the header.
+pub const FLAGS_OFFSET: u64 = 10;
+/// Flag bit 0: records were lost while the journal was written.
+pub const FLAG_INCOMPLETE: u16 = 1;
 /// Bytes before a record's payload.
 pub const RECORD_PREFIX_LEN: usize = 8;
 /// Bytes of a payload before the path.
@@ -57,20 +73,31 @@ pub enum HeaderError {
     Json(String),
 }
 
-/// Encodes a header.
-pub fn encode_header(header: &Header) -> Vec<u8> {
+/// A decoded header: the JSON part, the flags and where the records start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// The self-describing part.
+    pub header: Header,
+    /// The flags ([`FLAG_INCOMPLETE`], reserved bits as found).
+    pub flags: u16,
+    /// Length of the header: the offset of the first record.
+    pub len: usize,
+}
+
+/// Encodes a header with `flags`.
+pub fn encode_header(header: &Header, flags: u16) -> Vec<u8> {
     let json = serde_json::to_vec(header).expect("header serializes");
     let mut out = Vec::with_capacity(FIXED_HEADER_LEN + json.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&(json.len() as u32).to_le_bytes());
     out.extend_from_slice(&json);
     out
 }
 
-/// Decodes the header at the start of `bytes`; returns it and its length.
-pub fn decode_header(bytes: &[u8]) -> Result<(Header, usize), HeaderError> {
+/// Decodes the header at the start of `bytes`.
+pub fn decode_header(bytes: &[u8]) -> Result<Decoded, HeaderError> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(HeaderError::BadMagic);
     }
@@ -81,6 +108,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<(Header, usize), HeaderError> {
     if version != VERSION {
         return Err(HeaderError::Version(version));
     }
+    let flags = u16::from_le_bytes([bytes[10], bytes[11]]);
     let n = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
     if n > MAX_HEADER_JSON_LEN {
         return Err(HeaderError::Json(format!(
@@ -93,7 +121,11 @@ pub fn decode_header(bytes: &[u8]) -> Result<(Header, usize), HeaderError> {
     }
     let header = serde_json::from_slice(&bytes[FIXED_HEADER_LEN..end])
         .map_err(|e| HeaderError::Json(e.to_string()))?;
-    Ok((header, end))
+    Ok(Decoded {
+        header,
+        flags,
+        len: end,
+    })
 }
 
 /// Appends one record to `out`.
@@ -162,9 +194,36 @@ mod tests {
     }
 
     #[test]
-    fn header_round_trips() {
-        let bytes = encode_header(&header());
-        assert_eq!(decode_header(&bytes), Ok((header(), bytes.len())));
+    fn header_round_trips_with_its_flags() {
+        for flags in [0, FLAG_INCOMPLETE, 0x8001] {
+            let bytes = encode_header(&header(), flags);
+            let want = Decoded {
+                header: header(),
+                flags,
+                len: bytes.len(),
+            };
+            assert_eq!(decode_header(&bytes), Ok(want));
+        }
+    }
+
+    #[test]
+    fn flags_sit_at_their_documented_offset() {
+        let bytes = encode_header(&header(), FLAG_INCOMPLETE);
+        let at = FLAGS_OFFSET as usize;
+        assert_eq!(&bytes[at..at + 2], &FLAG_INCOMPLETE.to_le_bytes());
+        assert_eq!(&encode_header(&header(), 0)[at..at + 2], &[0, 0]);
+    }
+
+    #[test]
+    fn hostile_timestamps_round_trip() {
+        let mut h = header();
+        h.created_unix_ns = u64::MAX;
+        let mut bytes = encode_header(&h, 0);
+        let start = bytes.len();
+        assert_eq!(decode_header(&bytes).unwrap().header, h);
+        encode_record(&mut bytes, u64::MAX, 1, b"/a");
+        let (records, _) = split_records(&bytes, start);
+        assert_eq!(records[0].ns, u64::MAX);
     }
 
     #[test]
@@ -173,10 +232,10 @@ mod tests {
             decode_header(b"NOTAPROFILE....."),
             Err(HeaderError::BadMagic)
         );
-        let mut bytes = encode_header(&header());
+        let mut bytes = encode_header(&header(), 0);
         bytes[8] = 9;
         assert_eq!(decode_header(&bytes), Err(HeaderError::Version(9)));
-        let bytes = encode_header(&header());
+        let bytes = encode_header(&header(), 0);
         assert_eq!(
             decode_header(&bytes[..bytes.len() - 1]),
             Err(HeaderError::Truncated)
@@ -185,7 +244,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_torn_tails_are_cut() {
-        let mut bytes = encode_header(&header());
+        let mut bytes = encode_header(&header(), 0);
         let start = bytes.len();
         encode_record(&mut bytes, 5, 1, b"/bin");
         encode_record(&mut bytes, 7, 4, b"/bin/sh");

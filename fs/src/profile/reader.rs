@@ -24,6 +24,12 @@ pub struct Entry {
 pub struct Profile {
     /// The journal's header.
     pub header: Header,
+    /// The header's flags as stored (see [`journal`] for the bits).
+    pub flags: u16,
+    /// Records were lost while the journal was written (write errors, a full
+    /// disk): the writer set [`journal::FLAG_INCOMPLETE`] in the header. The
+    /// entries are true accesses, but some accesses are missing.
+    pub incomplete: bool,
     /// Entries in first-access order.
     pub entries: Vec<Entry>,
     /// Length of the intact part of the journal (header and whole records).
@@ -86,10 +92,11 @@ pub fn read(path: &Path) -> Result<Profile, ReadError> {
 
 /// Reads a journal from memory; `path` only names it in errors.
 pub fn read_bytes(path: &Path, bytes: &[u8]) -> Result<Profile, ReadError> {
-    let (header, start) = journal::decode_header(bytes).map_err(|source| ReadError::Header {
+    let decoded = journal::decode_header(bytes).map_err(|source| ReadError::Header {
         path: path.to_path_buf(),
         source,
     })?;
+    let start = decoded.len;
     let (raw, end) = journal::split_records(bytes, start);
     let mut index: HashMap<ImagePath, (usize, KindSet)> = HashMap::new();
     let mut entries: Vec<Entry> = Vec::new();
@@ -129,7 +136,9 @@ pub fn read_bytes(path: &Path, bytes: &[u8]) -> Result<Profile, ReadError> {
     // journal order can differ from time order by a few microseconds.
     entries.sort_by_key(|e| e.first_access_ns);
     Ok(Profile {
-        header,
+        header: decoded.header,
+        flags: decoded.flags,
+        incomplete: decoded.flags & journal::FLAG_INCOMPLETE != 0,
         entries,
         valid_len: end as u64,
         torn_tail_bytes: (bytes.len() - end) as u64,
@@ -143,11 +152,18 @@ mod tests {
     use crate::profile::journal::{encode_header, encode_record};
 
     fn journal(records: &[(u64, u8, &[u8])]) -> Vec<u8> {
-        let mut bytes = encode_header(&Header {
-            image: None,
-            created_unix_ns: 0,
-            writer: "test".into(),
-        });
+        journal_with(0, 0, records)
+    }
+
+    fn journal_with(created: u64, flags: u16, records: &[(u64, u8, &[u8])]) -> Vec<u8> {
+        let mut bytes = encode_header(
+            &Header {
+                image: None,
+                created_unix_ns: created,
+                writer: "test".into(),
+            },
+            flags,
+        );
         for (ns, kind, path) in records {
             encode_record(&mut bytes, *ns, *kind, path);
         }
@@ -203,5 +219,38 @@ mod tests {
             let err = read_bytes(Path::new("t"), &journal(&[(1, kind, path)])).unwrap_err();
             assert!(err.to_string().contains(want), "{err}");
         }
+    }
+
+    #[test]
+    fn the_incomplete_flag_is_read_and_other_bits_are_ignored() {
+        let cases: [(u16, bool); 4] = [
+            (0, false),
+            (journal::FLAG_INCOMPLETE, true),
+            (0x8000, false),
+            (0x8000 | journal::FLAG_INCOMPLETE, true),
+        ];
+        for (flags, incomplete) in cases {
+            let profile =
+                read_bytes(Path::new("t"), &journal_with(0, flags, &[(1, 1, b"/a")])).unwrap();
+            assert_eq!((profile.flags, profile.incomplete), (flags, incomplete));
+            assert_eq!(profile.entries.len(), 1);
+        }
+    }
+
+    #[test]
+    fn hostile_timestamps_are_read_without_overflow() {
+        let bytes = journal_with(
+            u64::MAX,
+            0,
+            &[(u64::MAX, 1, b"/a"), (u64::MAX, 4, b"/a"), (0, 1, b"/b")],
+        );
+        let profile = read_bytes(Path::new("t"), &bytes).unwrap();
+        let got: Vec<_> = profile
+            .entries
+            .iter()
+            .map(|e| (e.path.to_string(), e.first_access_ns))
+            .collect();
+        assert_eq!(got, vec![("/b".into(), 0), ("/a".into(), u64::MAX)]);
+        assert_eq!(profile.header.created_unix_ns, u64::MAX);
     }
 }

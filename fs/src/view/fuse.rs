@@ -48,10 +48,7 @@ const MAX_IDLE_BACKINGS: usize = 4096;
 
 impl ViewFs {
     pub(crate) fn new(view: View, opts: &ViewOptions) -> std::io::Result<ViewFs> {
-        let inodes = Inodes::default();
-        let root = view.stack.resolve_root()?;
-        let node = inodes.intern(Path::new(""), INodeNo::ROOT, root);
-        debug_assert_eq!(node.attr.ino, INodeNo::ROOT);
+        let inodes = Inodes::new(view.stack.resolve_root()?);
         let mut namelen = 255;
         for i in 0..view.stack.len() {
             let st = rustix::fs::statfs(view.stack.root(LayerIdx(i as u16)))?;
@@ -70,6 +67,11 @@ impl ViewFs {
             idle_backings: AtomicUsize::new(0),
             namelen,
         })
+    }
+
+    /// The count of live nodes, kept up to date while the view serves.
+    pub(crate) fn live_nodes(&self) -> Arc<AtomicUsize> {
+        self.inodes.live()
     }
 
     fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
@@ -106,16 +108,18 @@ impl ViewFs {
             return Err(Errno::ENOTDIR);
         };
         let children = self.stack.read_dir(&dir.rel, layers).map_err(io_errno)?;
-        let mut entries = Vec::with_capacity(children.len());
-        for (name, resolved) in children {
-            let kind = file_type(resolved.meta().kind);
-            let child = self.inodes.intern(&dir.rel.join(&name), ino, resolved);
-            entries.push(DirEntry {
+        // Numbers only: a child's node is made when the kernel looks it up,
+        // and dropped when the kernel forgets it.
+        let numbers = self.inodes.numbers(ino, &children);
+        let entries = children
+            .into_iter()
+            .zip(numbers)
+            .map(|((name, resolved), ino)| DirEntry {
                 name,
-                ino: child.attr.ino,
-                kind,
-            });
-        }
+                ino,
+                kind: file_type(resolved.meta().kind),
+            })
+            .collect();
         Ok(dir.listing.get_or_init(|| Arc::new(entries)).clone())
     }
 
@@ -241,9 +245,8 @@ impl Filesystem for ViewFs {
         };
         match self.stack.lookup(&parent_node.rel, layers, name) {
             Ok(Some(resolved)) => {
-                let child = self
-                    .inodes
-                    .intern(&parent_node.rel.join(name), parent, resolved);
+                // Counted as one lookup the kernel holds until it forgets it.
+                let child = self.inodes.lookup(&parent_node, name, resolved);
                 self.record_lookup(&parent_node, name, &child);
                 tracing::trace!(path = %child.rel.display(), "lookup");
                 reply.entry(&self.ttl, &child.attr, Generation(0));
@@ -257,6 +260,21 @@ impl Filesystem for ViewFs {
                 reply.entry(&self.ttl, &negative, Generation(0));
             }
             Err(e) => reply.error(io_errno(e)),
+        }
+    }
+
+    // fuser 0.18 does not export `ForgetOne`, so `batch_forget` keeps its
+    // default, which calls this once per inode.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let Some(node) = self.inodes.forget(ino, nlookup) else {
+            return;
+        };
+        tracing::trace!(path = %node.rel.display(), "forgotten");
+        // The kernel sends RELEASE before it forgets an inode, so a backing
+        // file still registered is an idle one: close it outside the table lock.
+        let backing = node.backing.lock().expect("backing lock").take();
+        if let Some((_, 0)) = backing {
+            self.idle_backings.fetch_sub(1, Ordering::Relaxed);
         }
     }
 

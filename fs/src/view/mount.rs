@@ -62,6 +62,7 @@ pub struct MountedView {
     mountpoint: PathBuf,
     unmounter: SessionUnmounter,
     thread: JoinHandle<io::Result<()>>,
+    live_nodes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Mounts `view` read-only on `mountpoint` and serves it on background threads.
@@ -72,6 +73,7 @@ pub fn mount(view: View, mountpoint: &Path, opts: &ViewOptions) -> Result<Mounte
         source,
     })?;
     let fs = ViewFs::new(view, opts).map_err(ViewError::Layers)?;
+    let live_nodes = fs.live_nodes();
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
@@ -108,6 +110,7 @@ pub fn mount(view: View, mountpoint: &Path, opts: &ViewOptions) -> Result<Mounte
         mountpoint,
         unmounter,
         thread,
+        live_nodes,
     })
 }
 
@@ -130,6 +133,12 @@ impl MountedView {
     /// True once serving has stopped (the mount went away).
     pub fn is_finished(&self) -> bool {
         self.thread.is_finished()
+    }
+
+    /// How many inodes the view holds now: the root and those the kernel
+    /// has looked up and not yet forgotten.
+    pub fn live_nodes(&self) -> usize {
+        self.live_nodes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The FUSE connection number (`/sys/fs/fuse/connections/<n>`), read

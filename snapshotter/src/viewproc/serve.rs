@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pare_fs::layers::LayerStack;
-use pare_fs::profile::Recorder;
+use pare_fs::profile::{Recorder, RecorderError, RecorderStats};
 use pare_fs::view::{self, ReadMode, Stopped, View, ViewOptions};
 
 use super::{ProcessId, ServerState};
@@ -68,12 +68,15 @@ pub enum ServeError {
 /// treats the view as used elsewhere.
 const UNMOUNT_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a new view waits for a journal still held by a view going away.
+const BUSY_WAIT: Duration = Duration::from_secs(3);
+
 /// Runs a view server. Before the mount is ready, errors are reported on
 /// stdout as `error <reason>` so the snapshotter can say why.
 pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let result = start(&args);
     let mut stdout = std::io::stdout();
-    let (mounted, recorder, state) = match result {
+    let (mounted, mut recorder, state) = match result {
         Ok(started) => {
             let _ = writeln!(stdout, "ready").and_then(|()| stdout.flush());
             started
@@ -92,8 +95,25 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         signal_hook::consts::SIGHUP,
         Arc::new(AtomicBool::new(false)),
     );
+    let mut reported = RecorderStats::default();
     while !term.load(Ordering::Relaxed) && !mounted.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
+        if let Some(recorder) = &recorder {
+            let stats = recorder.stats();
+            if stats.write_errors != reported.write_errors
+                || stats.records_lost != reported.records_lost
+            {
+                tracing::warn!(
+                    image = args.image,
+                    write_errors = stats.write_errors,
+                    records_lost = stats.records_lost,
+                    records_pending = stats.records_pending,
+                    incomplete = stats.incomplete,
+                    "profile writes are failing"
+                );
+                reported = stats;
+            }
+        }
     }
     let served = if mounted.is_finished() {
         tracing::info!(mountpoint = %args.mountpoint.display(), "view unmounted from outside");
@@ -106,16 +126,18 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
                     mountpoint = %args.mountpoint.display(),
                     "view detached while still in use elsewhere; serving until its last user goes"
                 );
+                // The image's next view may start now: it gets the journal
+                // and the mountpoint.
                 state.remove_if_mine();
+                if let Some(recorder) = recorder.take() {
+                    report(&args.image, recorder.close());
+                }
                 still.wait()
             }
         }
     };
     if let Some(recorder) = recorder {
-        match recorder.finish() {
-            Ok(records) => tracing::info!(image = args.image, records, "profile flushed"),
-            Err(e) => tracing::error!(image = args.image, error = %e, "profile flush failed"),
-        }
+        report(&args.image, recorder.finish());
     }
     state.remove_if_mine();
     if let Err(e) = served {
@@ -125,16 +147,41 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     Ok(())
 }
 
+fn report(image: &str, finished: Result<u64, RecorderError>) {
+    match finished {
+        Ok(records) => tracing::info!(image, records, "profile flushed"),
+        Err(e) => tracing::error!(image, error = %e, "profile flush failed"),
+    }
+}
+
+/// Opens the image's journal. A corrupt or foreign one is set aside (kept)
+/// and a new one started; one still held by a view that is going away is
+/// waited for, briefly.
+fn open_profile(path: &std::path::Path, args: &ServeArgs) -> Result<Recorder, ServeError> {
+    let flush = Duration::from_millis(args.flush_ms.max(1));
+    let deadline = std::time::Instant::now() + BUSY_WAIT;
+    loop {
+        match Recorder::open_or_set_aside(path, Some(args.image.clone()), flush) {
+            Ok((recorder, aside)) => {
+                if let Some(aside) = aside {
+                    tracing::warn!(image = args.image, set_aside = %aside.display(), "the image's profile was unreadable; it was set aside and a new one started");
+                }
+                return Ok(recorder);
+            }
+            Err(RecorderError::Busy { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn start(
     args: &ServeArgs,
 ) -> Result<(view::MountedView, Option<Recorder>, ServerState), ServeError> {
     let stack = LayerStack::open(args.layers.clone())?;
     let recorder = match &args.profile {
-        Some(path) => Some(Recorder::open(
-            path,
-            Some(args.image.clone()),
-            Duration::from_millis(args.flush_ms.max(1)),
-        )?),
+        Some(path) => Some(open_profile(path, args)?),
         None => None,
     };
     let mut options = ViewOptions {

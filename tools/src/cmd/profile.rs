@@ -11,6 +11,8 @@ use serde::Serialize;
 #[derive(Serialize)]
 struct ShowJson<'a> {
     image: Option<&'a str>,
+    /// Records were lost while the journal was written.
+    incomplete: bool,
     entries: &'a [profile::Entry],
 }
 
@@ -19,7 +21,7 @@ struct ShowJson<'a> {
 pub enum ProfileCommand {
     /// Print a profile's entries in first-access order.
     Show {
-        /// Print JSON: {"image": ..., "entries": [{"path", "first_access_ns", "accesses"}]}.
+        /// Print JSON: {"image": ..., "incomplete": bool, "entries": [{"path", "first_access_ns", "accesses"}]}.
         #[arg(long)]
         json: bool,
         /// The snapshotter's state directory (where profiles/ is).
@@ -44,6 +46,9 @@ pub enum ProfileCommand {
         json: bool,
     },
     /// Merge profiles of one image (runs, nodes): earliest first access, union of kinds.
+    ///
+    /// The output is written atomically, and is incomplete when any input is.
+    /// It cannot be the journal of a running view.
     Merge {
         /// Output journal.
         #[arg(short = 'o', long = "output")]
@@ -80,10 +85,15 @@ pub fn run(cmd: ProfileCommand) -> anyhow::Result<()> {
             let merged = merge::merge(&profiles)?;
             merge::write(&merged, &output)?;
             eprintln!(
-                "merged {} profiles into {}: {} paths",
+                "merged {} profiles into {}: {} paths{}",
                 profiles.len(),
                 output.display(),
-                merged.entries.len()
+                merged.entries.len(),
+                if merged.incomplete {
+                    " (incomplete: an input lost records)"
+                } else {
+                    ""
+                }
             );
             Ok(())
         }
@@ -99,34 +109,60 @@ fn read_warn(file: &Path) -> anyhow::Result<profile::Profile> {
             "ignored a torn last record (the writer was killed mid-write)"
         );
     }
+    if profile.incomplete {
+        tracing::warn!(
+            profile = %file.display(),
+            "the profile is incomplete: records were lost while it was written"
+        );
+    }
     Ok(profile)
 }
 
+/// Prints `text` on stdout; a reader that went away (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        done => done.context("cannot write to stdout"),
+    }
+}
+
 fn show(json: bool, file: &Path) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
     let profile = read_warn(file)?;
     if json {
         let out = ShowJson {
             image: profile.header.image.as_deref(),
+            incomplete: profile.incomplete,
             entries: &profile.entries,
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+        return emit(&(serde_json::to_string_pretty(&out)? + "\n"));
     }
-    println!(
+    let mut text = String::new();
+    writeln!(
+        text,
         "image: {}",
         profile.header.image.as_deref().unwrap_or("(unknown)")
-    );
+    )?;
+    if profile.incomplete {
+        writeln!(
+            text,
+            "incomplete: records were lost while this profile was written"
+        )?;
+    }
     for entry in &profile.entries {
         let kinds: Vec<&str> = entry.accesses.iter().map(|k| k.name()).collect();
-        println!(
+        writeln!(
+            text,
             "{:>12.3} ms  {:<22} {}",
             entry.first_access_ns as f64 / 1e6,
             kinds.join(","),
             entry.path
-        );
+        )?;
     }
-    println!("{} paths", profile.entries.len());
-    Ok(())
+    writeln!(text, "{} paths", profile.entries.len())?;
+    emit(&text)
 }
 
 #[derive(Serialize)]
@@ -135,6 +171,22 @@ struct Listed {
     file: PathBuf,
     entries: usize,
     last_access_unix_ns: u64,
+    incomplete: bool,
+}
+
+/// When `p`'s latest first access happened, in ns since the Unix epoch
+/// (saturating: headers and records are untrusted).
+fn last_access_unix_ns(p: &profile::Profile) -> u64 {
+    let last = p.entries.iter().map(|e| e.first_access_ns).max();
+    p.header.created_unix_ns.saturating_add(last.unwrap_or(0))
+}
+
+/// True for files beside profiles that are not journals: merge temporaries
+/// and journals set aside as corrupt.
+fn not_a_journal(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy());
+    path.extension().is_some_and(|e| e == "pare-tmp")
+        || name.is_some_and(|n| n.contains(".corrupt-"))
 }
 
 fn list(root: &Path, json: bool) -> anyhow::Result<()> {
@@ -143,19 +195,15 @@ fn list(root: &Path, json: bool) -> anyhow::Result<()> {
     let read = std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
     for entry in read {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "pare-tmp") {
+        if not_a_journal(&path) {
             continue;
         }
         match profile::read(&path) {
             Ok(p) => rows.push(Listed {
                 chain: p.header.image.clone().unwrap_or_else(|| "(unknown)".into()),
                 entries: p.entries.len(),
-                last_access_unix_ns: p.header.created_unix_ns
-                    + p.entries
-                        .iter()
-                        .map(|e| e.first_access_ns)
-                        .max()
-                        .unwrap_or(0),
+                last_access_unix_ns: last_access_unix_ns(&p),
+                incomplete: p.incomplete,
                 file: path,
             }),
             Err(e) => tracing::warn!(error = %e, "skipping an unreadable profile"),
@@ -163,19 +211,30 @@ fn list(root: &Path, json: bool) -> anyhow::Result<()> {
     }
     rows.sort_by_key(|r| std::cmp::Reverse(r.last_access_unix_ns));
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return emit(&(serde_json::to_string_pretty(&rows)? + "\n"));
     }
-    println!("{:<73} {:>8}  LAST FIRST-ACCESS (UTC)", "CHAIN", "PATHS");
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    writeln!(
+        text,
+        "{:<73} {:>8}  {:<23}  COMPLETE",
+        "CHAIN", "PATHS", "LAST FIRST-ACCESS (UTC)"
+    )?;
     for r in &rows {
-        println!(
-            "{:<73} {:>8}  {}",
+        writeln!(
+            text,
+            "{:<73} {:>8}  {:<23}  {}",
             r.chain,
             r.entries,
-            utc(r.last_access_unix_ns)
-        );
+            utc(r.last_access_unix_ns),
+            if r.incomplete {
+                "no (records were lost)"
+            } else {
+                "yes"
+            }
+        )?;
     }
-    Ok(())
+    emit(&text)
 }
 
 /// `YYYY-MM-DD HH:MM:SS` of a Unix time in ns.
@@ -202,9 +261,72 @@ fn utc(ns: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use pare_fs::profile::journal::{self, FLAG_INCOMPLETE, Header};
+
     #[test]
     fn utc_dates() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
-        assert_eq!(super::utc(1_700_000_000_000_000_000), "2023-11-14 22:13:20");
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_700_000_000_000_000_000), "2023-11-14 22:13:20");
+        assert_eq!(utc(u64::MAX), "2554-07-21 23:34:33");
+    }
+
+    fn journal(created: u64, flags: u16, records: &[(u64, &[u8])]) -> profile::Profile {
+        let mut bytes = journal::encode_header(
+            &Header {
+                image: Some("sha256:x".into()),
+                created_unix_ns: created,
+                writer: "t".into(),
+            },
+            flags,
+        );
+        for (ns, path) in records {
+            journal::encode_record(&mut bytes, *ns, 1, path);
+        }
+        profile::read_bytes(Path::new("t"), &bytes).unwrap()
+    }
+
+    #[test]
+    fn last_access_saturates_on_hostile_timestamps() {
+        type Records<'a> = &'a [(u64, &'a [u8])];
+        let cases: [(u64, Records, u64); 4] = [
+            (10, &[], 10),
+            (10, &[(5, b"/a"), (7, b"/b")], 17),
+            (u64::MAX, &[(u64::MAX, b"/a")], u64::MAX),
+            (1, &[(u64::MAX, b"/a")], u64::MAX),
+        ];
+        for (created, records, want) in cases {
+            let p = journal(created, 0, records);
+            assert_eq!(last_access_unix_ns(&p), want, "{created} {records:?}");
+        }
+    }
+
+    #[test]
+    fn show_json_says_whether_the_profile_is_incomplete() {
+        for (flags, want) in [(0, false), (FLAG_INCOMPLETE, true)] {
+            let p = journal(0, flags, &[(1, b"/a")]);
+            let out = ShowJson {
+                image: p.header.image.as_deref(),
+                incomplete: p.incomplete,
+                entries: &p.entries,
+            };
+            let json = serde_json::to_value(&out).unwrap();
+            assert_eq!(json["incomplete"], serde_json::Value::Bool(want));
+            assert_eq!(json["image"], "sha256:x");
+            assert_eq!(json["entries"][0]["path"], "/a");
+        }
+    }
+
+    #[test]
+    fn list_skips_temporaries_and_set_aside_journals() {
+        let cases = [
+            ("sha256-abc", false),
+            ("sha256-abc.pare-tmp", true),
+            ("sha256-abc.corrupt-1700000000", true),
+            ("sha256-abc.corrupt-1700000000.2", true),
+        ];
+        for (name, skipped) in cases {
+            assert_eq!(not_a_journal(Path::new(name)), skipped, "{name}");
+        }
     }
 }
