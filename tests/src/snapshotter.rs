@@ -77,7 +77,7 @@ impl PareSnapshotter {
                 "pare-snapshotter did not serve: {}",
                 self.log_text()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 

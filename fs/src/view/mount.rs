@@ -159,13 +159,15 @@ impl MountedView {
 
     /// Unmounts, detaching the mount point when it is busy, and waits at most
     /// `wait` for serving to end.
-    pub fn stop(mut self, wait: Duration) -> Stopped {
+    pub fn stop(mut self, mut wait: Duration) -> Stopped {
         if let Err(source) = self.unmounter.unmount() {
             // Already unmounted from outside is fine; a busy mount is detached.
             if source.raw_os_error() != Some(libc::EINVAL) {
                 tracing::info!(mountpoint = %self.mountpoint.display(), error = %source, "view busy; detaching it");
                 let _ =
                     rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH);
+                // Busy means used: serving goes on until that user is gone.
+                wait = wait.min(Duration::from_millis(50));
             }
         }
         let deadline = Instant::now().checked_add(wait);

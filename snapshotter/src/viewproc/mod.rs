@@ -218,6 +218,16 @@ pub fn stop_server(state: &ServerState, limit: Duration) -> StopOutcome {
     state.process.signal(rustix::process::Signal::TERM);
     let deadline = Instant::now() + limit;
     while state.process.is_alive() {
+        if !state.mounted_here() && !ServerState::read(&state.mountpoint).is_some_and(|s| s.process == state.process) {
+            // The server detached its busy view and gave up its state file:
+            // it serves the view's users elsewhere until they go.
+            tracing::info!(
+                chain = state.chain,
+                pid = state.process.pid,
+                "view detached; its server keeps serving users outside this mount namespace until they go"
+            );
+            return StopOutcome::Detached;
+        }
         if Instant::now() >= deadline {
             if state.mounted_here() {
                 tracing::error!(

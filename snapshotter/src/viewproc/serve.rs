@@ -139,7 +139,8 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if let Some(recorder) = recorder {
         report(&args.image, recorder.finish());
     }
-    state.remove_if_mine();
+    // The state file stays until the snapshotter has seen this process exit
+    // (it tells a detached view from a stopped one by it).
     if let Err(e) = served {
         tracing::warn!(error = %e, "serving ended with an error");
     }
