@@ -17,6 +17,9 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing_subscriber::EnvFilter;
 
+/// How long a graceful stop waits for clients to let go of the socket.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// containerd proxy snapshotter that runs every container on pare's profiling view.
 #[derive(Debug, Parser)]
 #[command(name = "pare-snapshotter", version, about)]
@@ -156,20 +159,34 @@ async fn serve(config: Config) -> Result<()> {
         tracing::warn!(error = %e, "cannot notify systemd");
     }
     let service = containerd_snapshots::server(Arc::new(Service::new(snapshots.clone())));
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         }
         let _ = pare_snapshotter::notify::stopping();
+        let _ = stopping_tx.send(());
     };
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-        .context("gRPC server failed")?;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    tokio::pin!(server);
+    // A graceful stop waits for clients to close their connections; one
+    // that never does (a hung peer) must not keep the daemon from stopping.
+    let grace = async {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = &mut server => served.context("gRPC server failed")?,
+        () = grace => tracing::warn!(grace = ?SHUTDOWN_GRACE, "clients still connected after the grace period; stopping anyway"),
+    }
     let _ = std::fs::remove_file(&config.address);
     tokio::task::spawn_blocking(move || snapshots.shutdown()).await?;
     tracing::info!("stopped; views keep serving their containers");

@@ -162,3 +162,108 @@ fn privileged_a_corrupt_profile_is_set_aside_and_the_image_still_runs() -> Resul
     containerd.stop()?;
     pare.stop()
 }
+
+#[test]
+fn privileged_a_full_profile_disk_keeps_containers_running_and_marks_the_profile_incomplete()
+-> Result<()> {
+    if !privileged(
+        "privileged_a_full_profile_disk_keeps_containers_running_and_marks_the_profile_incomplete",
+        PARE_NODE,
+    ) {
+        return Ok(());
+    }
+    let scratch = Scratch::new()?;
+    // The profiles live on a small file system of their own.
+    let profiles = scratch.path().join("pare/root/profiles");
+    std::fs::create_dir_all(&profiles)?;
+    rustix::mount::mount(
+        "tmpfs",
+        &profiles,
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        Some(c"size=1m"),
+    )?;
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+    let _tmpfs = Unmount(profiles.clone());
+    let pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
+    let containerd =
+        Containerd::start(&scratch.path().join("containerd"), &pare.containerd_config())?;
+    let name = "docker.io/pare-tests/diskfull:v1";
+    let result = (|| -> Result<()> {
+        let ctr = containerd.ctr();
+        let mut app = Layer::new(MTIME);
+        app.dir("app", 0o755);
+        app.file("app/marker", "diskfull\n", 0o644);
+        // Long names: every first access is a big record.
+        let long = "n".repeat(200);
+        for i in 0..3000 {
+            app.file(&format!("app/{long}{i:05}"), format!("{i}\n"), 0o644);
+        }
+        let tarball = scratch.path().join("image.tar");
+        let built = Image::new()
+            .layer(&host_tools_layer(MTIME, DEFAULT_TOOLS)?)?
+            .layer(&app)?
+            .write_oci_archive(name, &tarball)?;
+        let chain = built.top_chain_id().context("layers")?.to_string();
+        ctr.import(&tarball, "pare")?;
+        let out = ctr.run(name, "first", "pare", &["cat", "/app/marker"])?;
+        ensure!(out == "diskfull\n");
+        // Fill the profiles' file system.
+        {
+            use std::io::Write;
+            let mut filler = std::fs::File::create(profiles.join("filler"))?;
+            let chunk = vec![0u8; 16 * 1024];
+            while filler.write_all(&chunk).is_ok() {}
+        }
+        // The workload reads every file: it succeeds although nothing of it
+        // can be journaled.
+        let out = ctr.run(
+            name,
+            "second",
+            "pare",
+            &["sh", "-c", "cat /app/n* | wc -l"],
+        )?;
+        ensure!(out.trim() == "3000", "the container read everything: {out:?}");
+        let log = pare.log_text();
+        ensure!(log.contains("write_errors"), "the write errors are counted in the log");
+        let profile = pare_fs::profile::read(&profiles.join(&chain))?;
+        ensure!(profile.incomplete, "the profile is marked incomplete");
+        // Compaction refuses it, unless told otherwise.
+        let compact = |extra: &[&str]| -> Result<std::process::Output> {
+            Ok(std::process::Command::new(pare_tests::prereq::pare_bin())
+                .arg("compact")
+                .arg("--address")
+                .arg(containerd.address())
+                .args(["--namespace", "pare-tests", "--root"])
+                .arg(pare.root())
+                .args(["--oci-layout"])
+                .arg(scratch.path().join("layout"))
+                .args(extra)
+                .arg(name)
+                .output()?)
+        };
+        let refused = compact(&[])?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success() && stderr.contains("incomplete") && stderr.contains("--allow-incomplete"),
+            "compaction refuses an incomplete profile: {stderr}"
+        );
+        let allowed = compact(&["--allow-incomplete"])?;
+        ensure!(
+            allowed.status.success(),
+            "with --allow-incomplete it compacts: {}",
+            String::from_utf8_lossy(&allowed.stderr)
+        );
+        Ok(())
+    })();
+    if let Err(e) = result {
+        return Err(e.context(format!("--- pare-snapshotter ---\n{}", pare.log_text())));
+    }
+    containerd.stop()?;
+    pare.stop()
+}

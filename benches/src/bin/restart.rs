@@ -93,18 +93,33 @@ fn run(args: Args) -> anyhow::Result<()> {
             .write_oci_archive(&format!("docker.io/pare-bench/restart-{i}:v1"), &tarball)?;
         ctr.import(&tarball, "pare")?;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Connections close in the background after each measurement, as
+    // containerd's do.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
     let mut rows = Vec::new();
     for views in [0, args.views] {
         for i in 0..views {
-            ctr.run_detached(
-                &format!("docker.io/pare-bench/restart-{i}:v1"),
-                &format!("sleeper-{i}"),
-                "pare",
-                &["sleep", "100000"],
-            )?;
+            // containerd redials the restarted daemon with backoff: until it
+            // has, calls fail as unavailable.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match ctr.run_detached(
+                    &format!("docker.io/pare-bench/restart-{i}:v1"),
+                    &format!("sleeper-{i}"),
+                    "pare",
+                    &["sleep", "100000"],
+                ) {
+                    Ok(()) => break,
+                    Err(e) if format!("{e:#}").contains("unavailable") && Instant::now() < deadline => {
+                        let _ = ctr.ctr(&["containers", "delete", &format!("sleeper-{i}")]);
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         ensure!(
             pare.mounted_views().len() == views,
