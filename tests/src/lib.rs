@@ -7,6 +7,7 @@ pub mod debian;
 pub mod dirtar;
 pub mod fixture;
 pub mod images;
+pub mod large;
 pub mod layer;
 pub mod mounts;
 pub mod oci;

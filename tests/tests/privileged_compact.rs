@@ -2,7 +2,8 @@
 //! compacted, and the minimized image runs the same workload with the stock
 //! overlayfs snapshotter, holding only the workload's closure with every kept
 //! entry's metadata intact. Compaction is deterministic, and the OCI layout
-//! output imports with `ctr`.
+//! output imports with `ctr`. Long names and symlink targets (PAX records)
+//! go through containerd's own unpacker intact.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -297,4 +298,199 @@ fn check(node: &Node) -> Result<()> {
         "layout image output {from_layout:?}"
     );
     Ok(())
+}
+
+/// Names of the long-name image (relative to the image root).
+struct LongNames {
+    dir: String,
+    link: String,
+    file: String,
+    short_link: String,
+    hardlink: String,
+}
+
+fn long_names() -> LongNames {
+    let dir = format!("srv/{}", "d".repeat(110));
+    LongNames {
+        link: format!("{dir}/{}", "l".repeat(50)),
+        file: format!("{dir}/{}", "f".repeat(50)),
+        dir,
+        short_link: "srv/short".into(),
+        hardlink: format!("srv/{}", "h".repeat(110)),
+    }
+}
+
+fn long_link_target() -> String {
+    format!("../{}/end", "t".repeat(150))
+}
+
+fn short_link_target() -> String {
+    format!("/{}", "s".repeat(200))
+}
+
+/// Nanosecond mtimes set on the unpacked source layer (the fixture builder
+/// writes whole seconds): path, seconds, nanoseconds.
+fn long_name_times(n: &LongNames) -> Vec<(String, i64, i64)> {
+    vec![
+        (n.dir.clone(), 1_700_000_010, 111_111_111),
+        (n.link.clone(), 1_700_000_011, 222_222_222),
+        (n.file.clone(), 1_700_000_012, 333_333_333),
+        (n.short_link.clone(), 1_700_000_013, 444_444_444),
+    ]
+}
+
+/// A symlink whose target is over 100 bytes, at a path over 100 bytes, with
+/// an xattr and a nanosecond mtime, goes through compaction and containerd's
+/// own unpacker (stock overlayfs snapshotter) intact; so do a long file name
+/// with xattrs, a long hardlink name and a long directory.
+#[test]
+fn privileged_long_names_and_symlink_targets_survive_containerds_unpacker() -> Result<()> {
+    if !privileged(
+        "privileged_long_names_and_symlink_targets_survive_containerds_unpacker",
+        pare_tests::prereq::CONTAINERD,
+    ) {
+        return Ok(());
+    }
+    let scratch = Scratch::new()?;
+    let containerd = Containerd::start(&scratch.path().join("containerd"), "")?;
+    let result = check_long_names(&containerd, &scratch);
+    if result.is_err() {
+        eprintln!("containerd log:\n{}", containerd.log_tail(40));
+    }
+    result
+}
+
+fn check_long_names(containerd: &Containerd, scratch: &Scratch) -> Result<()> {
+    use pare_tests::containerd::{CONTAINERD_TIMEOUT, CTR_TIMEOUT, run_with_timeout};
+    use std::os::unix::fs::MetadataExt;
+    const SOURCE: &str = "docker.io/pare-tests/long-names:v1";
+    const TARGET: &str = "docker.io/pare-tests/long-names:v1-pare";
+    let n = long_names();
+    let ctr = containerd.ctr();
+    let mut layer = pare_tests::oci::Layer::new(1_700_000_000);
+    layer.dir("srv", 0o755);
+    layer
+        .dir(&n.dir, 0o755)
+        .xattr("user.dir", b"on a long directory");
+    // A symlink takes only trusted.* and security.* xattrs, and containerd
+    // applies no trusted.* from an archive.
+    layer
+        .symlink(&n.link, &long_link_target())
+        .xattr("security.pare", b"on a long symlink");
+    layer
+        .file(&n.file, "long\n", 0o644)
+        .xattr("user.pare", b"on a long file");
+    layer.symlink(&n.short_link, &short_link_target());
+    layer.hardlink(&n.hardlink, &n.file);
+    let tarball = scratch.path().join("long-names.tar");
+    let built = pare_tests::oci::Image::new()
+        .layer(&layer)?
+        .write_oci_archive(SOURCE, &tarball)?;
+    ctr.import(&tarball, "overlayfs")?;
+    let chain = built.top_chain_id().context("one layer")?.to_string();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The unpacked source layer's directory, as pare compact finds it.
+    let source_dirs = runtime.block_on(async {
+        tokio::time::timeout(CONTAINERD_TIMEOUT, async {
+            pare_tools::containerd::Client::connect(
+                containerd.address(),
+                pare_tests::containerd::NAMESPACE,
+            )
+            .await?
+            .layer_dirs("overlayfs", &chain)
+            .await
+        })
+        .await
+    })??;
+    let source = &source_dirs[0];
+    for (path, sec, nsec) in long_name_times(&n) {
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: sec,
+                tv_nsec: 0,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            },
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            source.join(&path),
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+
+    let profile = scratch.path().join("long-names.profile");
+    let profiled = [&n.link, &n.file, &n.short_link].map(|p| format!("/{p}"));
+    pare_tests::large::write_profile(&profile, &chain, profiled.iter())?;
+    let out = run_with_timeout(
+        Command::new(pare_bin())
+            .arg("compact")
+            .arg("--address")
+            .arg(containerd.address())
+            .args(["--namespace", "pare-tests", "--snapshotter", "overlayfs"])
+            .arg("--profile")
+            .arg(&profile)
+            .args(["--tag", TARGET, SOURCE]),
+        CTR_TIMEOUT,
+    )?;
+    ensure!(
+        out.status.success(),
+        "pare compact failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // containerd unpacks the minimized image with its own tar reader.
+    let mounted = containerd.dir().join("long-names");
+    std::fs::create_dir(&mounted)?;
+    let target = mounted.to_str().context("UTF-8 path")?;
+    ctr.ctr(&[
+        "images",
+        "mount",
+        "--snapshotter",
+        "overlayfs",
+        TARGET,
+        target,
+    ])?;
+    let checked = (|| -> Result<()> {
+        let read_link = |rel: &str| std::fs::read_link(mounted.join(rel));
+        ensure!(read_link(&n.link)?.to_str() == Some(long_link_target().as_str()));
+        ensure!(read_link(&n.short_link)?.to_str() == Some(short_link_target().as_str()));
+        for (path, sec, nsec) in long_name_times(&n) {
+            let meta = std::fs::symlink_metadata(mounted.join(&path))?;
+            ensure!(
+                (meta.mtime(), meta.mtime_nsec()) == (sec, nsec),
+                "{path}: mtime {}.{:09}, expected {sec}.{nsec:09}",
+                meta.mtime(),
+                meta.mtime_nsec()
+            );
+        }
+        let xattr = |rel: &str, name: &str| -> Result<Vec<u8>> {
+            let mut buf = vec![0u8; 256];
+            let len = rustix::fs::lgetxattr(mounted.join(rel), name, &mut buf[..])
+                .with_context(|| format!("{name} of {rel}"))?;
+            buf.truncate(len);
+            Ok(buf)
+        };
+        ensure!(xattr(&n.link, "security.pare")? == b"on a long symlink");
+        ensure!(xattr(&n.file, "user.pare")? == b"on a long file");
+        ensure!(xattr(&n.dir, "user.dir")? == b"on a long directory");
+        let (file, hardlink) = (
+            std::fs::metadata(mounted.join(&n.file))?,
+            std::fs::metadata(mounted.join(&n.hardlink))?,
+        );
+        ensure!(
+            file.ino() == hardlink.ino(),
+            "the long hardlink shares the long file's inode"
+        );
+        ensure!(std::fs::read(mounted.join(&n.hardlink))? == b"long\n");
+        Ok(())
+    })();
+    ctr.ctr(&["images", "unmount", target])?;
+    checked
 }

@@ -191,8 +191,10 @@ fn privileged_a_full_profile_disk_keeps_containers_running_and_marks_the_profile
     }
     let _tmpfs = Unmount(profiles.clone());
     let pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
-    let containerd =
-        Containerd::start(&scratch.path().join("containerd"), &pare.containerd_config())?;
+    let containerd = Containerd::start(
+        &scratch.path().join("containerd"),
+        &pare.containerd_config(),
+    )?;
     let name = "docker.io/pare-tests/diskfull:v1";
     let result = (|| -> Result<()> {
         let ctr = containerd.ctr();
@@ -222,15 +224,16 @@ fn privileged_a_full_profile_disk_keeps_containers_running_and_marks_the_profile
         }
         // The workload reads every file: it succeeds although nothing of it
         // can be journaled.
-        let out = ctr.run(
-            name,
-            "second",
-            "pare",
-            &["sh", "-c", "cat /app/n* | wc -l"],
-        )?;
-        ensure!(out.trim() == "3000", "the container read everything: {out:?}");
+        let out = ctr.run(name, "second", "pare", &["sh", "-c", "cat /app/n* | wc -l"])?;
+        ensure!(
+            out.trim() == "3000",
+            "the container read everything: {out:?}"
+        );
         let log = pare.log_text();
-        ensure!(log.contains("write_errors"), "the write errors are counted in the log");
+        ensure!(
+            log.contains("write_errors"),
+            "the write errors are counted in the log"
+        );
         let profile = pare_fs::profile::read(&profiles.join(&chain))?;
         ensure!(profile.incomplete, "the profile is marked incomplete");
         // Compaction refuses it, unless told otherwise.
@@ -250,7 +253,9 @@ fn privileged_a_full_profile_disk_keeps_containers_running_and_marks_the_profile
         let refused = compact(&[])?;
         let stderr = String::from_utf8_lossy(&refused.stderr);
         ensure!(
-            !refused.status.success() && stderr.contains("incomplete") && stderr.contains("--allow-incomplete"),
+            !refused.status.success()
+                && stderr.contains("incomplete")
+                && stderr.contains("--allow-incomplete"),
             "compaction refuses an incomplete profile: {stderr}"
         );
         let allowed = compact(&["--allow-incomplete"])?;

@@ -45,7 +45,10 @@ fn main() -> ExitCode {
 }
 
 /// Restarts the daemon and times it until a Stat RPC is answered.
-fn time_restart(pare: &mut PareSnapshotter, rt: &tokio::runtime::Runtime) -> anyhow::Result<Duration> {
+fn time_restart(
+    pare: &mut PareSnapshotter,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Duration> {
     let start = Instant::now();
     pare.restart()?;
     let socket = pare.socket().to_path_buf();
@@ -76,7 +79,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     let bin = args
         .snapshotter
         .unwrap_or_else(|| workspace_root().join("target/release/pare-snapshotter"));
-    ensure!(bin.exists(), "{} is missing (cargo build --release)", bin.display());
+    ensure!(
+        bin.exists(),
+        "{} is missing (cargo build --release)",
+        bin.display()
+    );
     let scratch = tempfile_dir()?;
     let mut pare = PareSnapshotter::start_with(&scratch.join("pare"), &bin)?;
     let containerd = Containerd::start(&scratch.join("containerd"), &pare.containerd_config())?;
@@ -113,7 +120,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                     &["sleep", "100000"],
                 ) {
                     Ok(()) => break,
-                    Err(e) if format!("{e:#}").contains("unavailable") && Instant::now() < deadline => {
+                    Err(e)
+                        if format!("{e:#}").contains("unavailable")
+                            && Instant::now() < deadline =>
+                    {
                         let _ = ctr.ctr(&["containers", "delete", &format!("sleeper-{i}")]);
                         std::thread::sleep(Duration::from_millis(200));
                     }
@@ -146,7 +156,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         "restart to first answered RPC, ms (median of {} runs, min in brackets)",
         args.runs
     );
-    println!("{:>6}  {:>18}  {:>18}", "views", "after SIGTERM", "after SIGKILL");
+    println!(
+        "{:>6}  {:>18}  {:>18}",
+        "views", "after SIGTERM", "after SIGKILL"
+    );
     let ms = |s: &Summary| format!("{:.1} ({:.1})", s.median * 1e3, s.min * 1e3);
     for (views, term, kill) in &rows {
         println!("{views:>6}  {:>18}  {:>18}", ms(term), ms(kill));

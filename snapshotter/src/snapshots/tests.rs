@@ -536,9 +536,19 @@ fn small_tmpfs(dir: &Path, size: &str) -> bool {
     let why = if !rustix::process::geteuid().is_root() {
         Some("not running as root".to_string())
     } else {
-        rustix::mount::mount("tmpfs", dir, "tmpfs", rustix::mount::MountFlags::empty(), Some(std::ffi::CString::new(format!("size={size}")).unwrap().as_c_str()))
-            .err()
-            .map(|e| format!("cannot mount a tmpfs: {e}"))
+        rustix::mount::mount(
+            "tmpfs",
+            dir,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            Some(
+                std::ffi::CString::new(format!("size={size}"))
+                    .unwrap()
+                    .as_c_str(),
+            ),
+        )
+        .err()
+        .map(|e| format!("cannot mount a tmpfs: {e}"))
     };
     match why {
         None => true,
@@ -580,7 +590,12 @@ fn privileged_metadata_store_recovers_from_a_full_disk() {
     let mut failed = 0;
     for i in 0..20 {
         if snaps
-            .create(&format!("default/{}/c{i}", 100 + i), &top, no_labels(), false)
+            .create(
+                &format!("default/{}/c{i}", 100 + i),
+                &top,
+                no_labels(),
+                false,
+            )
             .is_err()
         {
             failed += 1;

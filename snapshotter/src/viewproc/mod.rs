@@ -218,7 +218,9 @@ pub fn stop_server(state: &ServerState, limit: Duration) -> StopOutcome {
     state.process.signal(rustix::process::Signal::TERM);
     let deadline = Instant::now() + limit;
     while state.process.is_alive() {
-        if !state.mounted_here() && !ServerState::read(&state.mountpoint).is_some_and(|s| s.process == state.process) {
+        if !state.mounted_here()
+            && !ServerState::read(&state.mountpoint).is_some_and(|s| s.process == state.process)
+        {
             // The server detached its busy view and gave up its state file:
             // it serves the view's users elsewhere until they go.
             tracing::info!(

@@ -14,7 +14,7 @@ use pare_tools::compact::layer::{self, Compression};
 use pare_tools::compact::plan::{self, Rules};
 use pare_tools::compact::tree::ImageTree;
 use pare_tools::containerd::Client;
-use pare_tools::oci::{self, ANNOTATION_PROFILE, ANNOTATION_SOURCE_IMAGE, Blob};
+use pare_tools::oci::{self, ANNOTATION_PROFILE, ANNOTATION_SOURCE_IMAGE, Content, Spool};
 
 /// Build a minimized image holding only what IMAGE's workload used.
 ///
@@ -57,8 +57,28 @@ pub struct CompactArgs {
     /// The snapshotter IMAGE is unpacked with (its layer directories are read).
     #[arg(long, default_value = "pare")]
     snapshotter: String,
+    /// Compact even when the profile is incomplete (records were lost while
+    /// it was written: the minimized image may miss files the workload uses).
+    #[arg(long)]
+    allow_incomplete: bool,
     /// The image to minimize.
     image: String,
+}
+
+/// Refuses an incomplete profile (its image could miss files the workload
+/// uses) unless `allow` (--allow-incomplete), which only warns.
+fn refuse_incomplete(profile: &profile::Profile, path: &Path, allow: bool) -> anyhow::Result<()> {
+    if !profile.incomplete {
+        return Ok(());
+    }
+    if !allow {
+        bail!(
+            "profile {} is incomplete (records were lost while it was written); pass --allow-incomplete to compact it anyway",
+            path.display()
+        );
+    }
+    tracing::warn!(profile = %path.display(), "compacting an incomplete profile (--allow-incomplete): the image may miss files the workload uses");
+    Ok(())
 }
 
 /// The default name of the minimized image: IMAGE's tag with `-pare`.
@@ -104,6 +124,7 @@ async fn compact(args: CompactArgs) -> anyhow::Result<()> {
         )
     })?;
     let profile = profile::read_bytes(&profile_path, &profile_bytes)?;
+    refuse_incomplete(&profile, &profile_path, args.allow_incomplete)?;
     match &profile.header.image {
         Some(chain) if chain != &source.top_chain_id => bail!(
             "{} is a profile of image chain {chain}, not of {} ({})",
@@ -138,11 +159,15 @@ async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     }
 
     let bar = progress_bar(plan.after.bytes);
-    let out = layer::write(
+    let spool_dir = spool_dir(args.oci_layout.as_deref());
+    let spool = Spool::new_in(&spool_dir)
+        .with_context(|| format!("cannot create a temporary file in {}", spool_dir.display()))?;
+    let (out, spool) = layer::write(
         &tree,
         &plan.kept,
         &plan.contents,
         args.compression,
+        spool,
         &|done| {
             if let Some(bar) = &bar {
                 bar.set_position(done);
@@ -152,6 +177,9 @@ async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let layer_blob = spool
+        .finish(args.compression.media_type())
+        .with_context(|| format!("cannot write the layer in {}", spool_dir.display()))?;
     let mut annotations = BTreeMap::new();
     annotations.insert(
         ANNOTATION_SOURCE_IMAGE.to_string(),
@@ -161,8 +189,7 @@ async fn compact(args: CompactArgs) -> anyhow::Result<()> {
         ANNOTATION_PROFILE.to_string(),
         oci::sha256_digest(&profile_bytes),
     );
-    let layer_blob = Blob::new(args.compression.media_type(), out.blob);
-    let layer_size = layer_blob.bytes.len();
+    let layer_size = layer_blob.size();
     let image = oci::build_image(
         &source.config,
         layer_blob,
@@ -199,6 +226,22 @@ async fn compact(args: CompactArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Where the layer is spooled while it is written: beside the OCI layout
+/// (so that it is linked into `blobs/`, not copied), else `$TMPDIR`.
+fn spool_dir(oci_layout: Option<&Path>) -> PathBuf {
+    oci_layout
+        .and_then(Path::parent)
+        .map(|parent| {
+            if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            }
+        })
+        .filter(|parent| parent.is_dir())
+        .map_or_else(std::env::temp_dir, Path::to_path_buf)
 }
 
 /// Reads a profile once it has stopped growing for a moment: a workload that
@@ -253,6 +296,41 @@ pub async fn profile_of(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_incomplete_profile_is_refused_unless_allowed() {
+        use pare_fs::profile::journal::{self, FLAG_INCOMPLETE, Header};
+        let profile = |flags| {
+            let bytes = journal::encode_header(
+                &Header {
+                    image: None,
+                    created_unix_ns: 0,
+                    writer: "t".into(),
+                },
+                flags,
+            );
+            pare_fs::profile::read_bytes(std::path::Path::new("p"), &bytes).unwrap()
+        };
+        let path = std::path::Path::new("/var/lib/pare/profiles/sha256-x");
+        let cases = [
+            (0, false, None),
+            (0, true, None),
+            (
+                FLAG_INCOMPLETE,
+                false,
+                Some(
+                    "profile /var/lib/pare/profiles/sha256-x is incomplete (records were lost while it was written); pass --allow-incomplete to compact it anyway",
+                ),
+            ),
+            (FLAG_INCOMPLETE, true, None),
+        ];
+        for (flags, allow, want) in cases {
+            let got = super::refuse_incomplete(&profile(flags), path, allow)
+                .err()
+                .map(|e| e.to_string());
+            assert_eq!(got.as_deref(), want, "flags {flags}, allow {allow}");
+        }
+    }
+
     #[test]
     fn default_tags_add_a_suffix() {
         let cases = [

@@ -86,12 +86,36 @@ pub struct Kept {
     pub reason: Reason,
 }
 
+/// A hardlink group: one inode of one layer directory, named more than once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HardlinkGroup {
+    layer: u16,
+    dev: u64,
+    ino: u64,
+}
+
+impl HardlinkGroup {
+    /// The group `resolved` belongs to; `None` for a directory or a single name.
+    pub fn of(resolved: &Resolved) -> Option<HardlinkGroup> {
+        match resolved {
+            Resolved::Other { layer, meta } if meta.nlink > 1 && meta.kind != Kind::Dir => {
+                Some(HardlinkGroup {
+                    layer: layer.0,
+                    dev: meta.dev,
+                    ino: meta.ino,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Everything in the image, indexed once.
 pub struct Index {
     entries: HashMap<ImagePath, Resolved>,
     /// Every path in walk order (parents first).
     pub order: Vec<ImagePath>,
-    groups: HashMap<(u16, u64, u64), Vec<ImagePath>>,
+    groups: HashMap<HardlinkGroup, Vec<ImagePath>>,
 }
 
 impl Index {
@@ -99,15 +123,10 @@ impl Index {
     pub fn build(tree: &ImageTree) -> std::io::Result<Index> {
         let mut entries = HashMap::new();
         let mut order = Vec::new();
-        let mut groups: HashMap<(u16, u64, u64), Vec<ImagePath>> = HashMap::new();
+        let mut groups: HashMap<HardlinkGroup, Vec<ImagePath>> = HashMap::new();
         for (path, resolved) in tree.walk()? {
-            if let Resolved::Other { layer, meta } = &resolved {
-                if meta.nlink > 1 {
-                    groups
-                        .entry((layer.0, meta.dev, meta.ino))
-                        .or_default()
-                        .push(path.clone());
-                }
+            if let Some(group) = HardlinkGroup::of(&resolved) {
+                groups.entry(group).or_default().push(path.clone());
             }
             order.push(path.clone());
             entries.insert(path, resolved);
@@ -124,16 +143,12 @@ impl Index {
         self.entries.get(path)
     }
 
-    /// Other names of `path`'s hardlink group (empty when it has none).
+    /// Every name of the hardlink group of `resolved`, in walk order (empty
+    /// when it has none).
     pub fn hardlinks(&self, resolved: &Resolved) -> &[ImagePath] {
-        match resolved {
-            Resolved::Other { layer, meta } if meta.nlink > 1 => self
-                .groups
-                .get(&(layer.0, meta.dev, meta.ino))
-                .map(Vec::as_slice)
-                .unwrap_or(&[]),
-            _ => &[],
-        }
+        HardlinkGroup::of(resolved)
+            .and_then(|group| self.groups.get(&group))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Number of entries.
@@ -153,6 +168,9 @@ pub struct Selection<'a> {
     index: &'a Index,
     kept: Vec<Kept>,
     seen: HashSet<ImagePath>,
+    /// Hardlink groups whose names are kept already: each group is walked
+    /// once, so a group of n names costs O(n), not O(n²).
+    groups: HashSet<HardlinkGroup>,
     /// Profiled paths the image does not have (a profile of another build).
     pub missing: Vec<ImagePath>,
 }
@@ -165,6 +183,7 @@ impl<'a> Selection<'a> {
             index,
             kept: Vec::new(),
             seen: HashSet::new(),
+            groups: HashSet::new(),
             missing: Vec::new(),
         }
     }
@@ -203,8 +222,13 @@ impl<'a> Selection<'a> {
                 self.keep(&followed.path, Reason::SymlinkTarget)?;
             }
         }
-        for other in self.index.hardlinks(&resolved).to_vec() {
-            self.keep(&other, Reason::Hardlink)?;
+        if let Some(group) = HardlinkGroup::of(&resolved) {
+            if self.groups.insert(group) {
+                let index = self.index;
+                for other in index.hardlinks(&resolved) {
+                    self.keep(other, Reason::Hardlink)?;
+                }
+            }
         }
         Ok(true)
     }
@@ -262,7 +286,9 @@ impl<'a> Selection<'a> {
         Ok(hits.len())
     }
 
-    /// Drops what `matches` accepts, except directories that still hold kept entries.
+    /// Drops what `matches` accepts, except directories that still hold kept
+    /// entries. A dropped name of a hardlink group stays dropped when another
+    /// name of the group is kept later.
     pub fn drop_matching(&mut self, matches: impl Fn(&ImagePath) -> bool) -> usize {
         let needed: HashSet<ImagePath> = self
             .kept
@@ -294,4 +320,4 @@ impl<'a> Selection<'a> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

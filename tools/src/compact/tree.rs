@@ -72,7 +72,9 @@ impl ImageTree {
         Ok(File::from(fd))
     }
 
-    /// Content of the regular file `path`.
+    /// Content of the regular file `path`, whole: for what is parsed (package
+    /// metadata, ELF objects of `--include-exec`), one file at a time. The
+    /// layer writer streams contents through [`ImageTree::open`] instead.
     pub fn read(&self, path: &ImagePath) -> io::Result<Vec<u8>> {
         use std::io::Read;
         let mut out = Vec::new();

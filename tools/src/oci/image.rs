@@ -6,23 +6,25 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{Blob, MEDIA_CONFIG, MEDIA_MANIFEST, OciError, canonical_json, check_digest};
+use super::{Blob, Content, MEDIA_CONFIG, MEDIA_MANIFEST, OciError, canonical_json, check_digest};
 
 /// Comment of the history entry that `pare compact` adds.
 pub const HISTORY_COMMENT: &str = "pare compact: one layer holding what the workload uses";
 
-/// A built image: its three blobs.
+/// A built image: its three blobs. The layer is any [`Content`]: a
+/// [`super::FileBlob`] for `pare compact`'s layer (never held in memory), a
+/// [`Blob`] for small ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewImage {
+pub struct NewImage<L = Blob> {
     /// The image config (JSON).
     pub config: Blob,
     /// The single layer.
-    pub layer: Blob,
+    pub layer: L,
     /// The image manifest (JSON) pointing at `config` and `layer`.
     pub manifest: Blob,
 }
 
-impl NewImage {
+impl<L: Content> NewImage<L> {
     /// The manifest's descriptor, as an index or image record points at it.
     pub fn descriptor(&self) -> Value {
         self.manifest.descriptor()
@@ -54,13 +56,13 @@ impl NewImage {
 /// lists the config and `layer` and carries `annotations` (for example
 /// [`super::ANNOTATION_SOURCE_IMAGE`] and [`super::ANNOTATION_PROFILE`]; left
 /// out when empty). JSON keys are sorted: the same inputs give the same digests.
-pub fn build_image(
+pub fn build_image<L: Content>(
     original_config: &[u8],
-    layer: Blob,
+    layer: L,
     diff_id: &str,
     annotations: &BTreeMap<String, String>,
     history_text: &str,
-) -> Result<NewImage, OciError> {
+) -> Result<NewImage<L>, OciError> {
     check_digest(diff_id)?;
     let config = derive_config(original_config, diff_id, history_text)?;
     let config = Blob::new(MEDIA_CONFIG, canonical_json(config, "the image config")?);

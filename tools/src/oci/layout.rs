@@ -2,13 +2,14 @@
 //! directory or as the tar archive that `ctr images import` reads.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
 
 use serde_json::{Value, json};
 
+use super::blob::{replace_with, tmp_path};
 use super::{
-    ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, Blob, MEDIA_INDEX, NewImage, OciError,
+    ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, Blob, Content, MEDIA_INDEX, NewImage, OciError,
     canonical_json,
 };
 
@@ -30,9 +31,14 @@ fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OciError 
 /// import` names the image by) and its tag as
 /// `org.opencontainers.image.ref.name` (what `skopeo copy oci:DIR:TAG` and
 /// the OCI spec use), plus the config's platform. Files are written to a
-/// temporary name and renamed. `ctr images import` needs a tar archive of
-/// the layout: see [`write_layout_tar`], or `tar -C DIR -cf OUT.tar .`.
-pub fn write_layout(dir: &Path, image: &NewImage, ref_name: &str) -> Result<(), OciError> {
+/// temporary name and renamed; a layer in a file on the same file system is
+/// hard-linked, not copied. `ctr images import` needs a tar archive of the
+/// layout: see [`write_layout_tar`], or `tar -C DIR -cf OUT.tar .`.
+pub fn write_layout<L: Content>(
+    dir: &Path,
+    image: &NewImage<L>,
+    ref_name: &str,
+) -> Result<(), OciError> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let layout_file = dir.join("oci-layout");
     if !layout_file.exists() {
@@ -48,9 +54,9 @@ pub fn write_layout(dir: &Path, image: &NewImage, ref_name: &str) -> Result<(), 
     std::fs::create_dir_all(&blobs).map_err(io("create", &blobs))?;
     for blob in blobs_of(image) {
         let path = blobs.join(blob.hex());
-        let present = std::fs::metadata(&path).is_ok_and(|m| m.len() == blob.bytes.len() as u64);
+        let present = std::fs::metadata(&path).is_ok_and(|m| m.len() == blob.size());
         if !present {
-            write_atomic(&path, &blob.bytes)?;
+            blob.write_to(&path).map_err(io("write", &path))?;
         }
     }
     let index_path = dir.join("index.json");
@@ -65,25 +71,39 @@ pub fn write_layout(dir: &Path, image: &NewImage, ref_name: &str) -> Result<(), 
 /// Writes the OCI image layout of `image` named `ref_name` (as
 /// [`write_layout`] lays it out) as a tar archive at `path`, ready for `ctr
 /// images import`. The archive is deterministic: entries in a fixed order,
-/// owned by root, with mtime 0.
-pub fn write_layout_tar(path: &Path, image: &NewImage, ref_name: &str) -> Result<(), OciError> {
+/// owned by root, with mtime 0. Blobs are streamed into it.
+pub fn write_layout_tar<L: Content>(
+    path: &Path,
+    image: &NewImage<L>,
+    ref_name: &str,
+) -> Result<(), OciError> {
     let tmp = tmp_path(path);
     let file = File::create(&tmp).map_err(io("create", &tmp))?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
-    let index = index_json(image, ref_name, Vec::new())?;
-    let mut entries: Vec<(String, &[u8])> = vec![
-        ("oci-layout".into(), OCI_LAYOUT),
+    // The two small files, as blobs for streaming alike (no media type).
+    let index = Blob::new("", index_json(image, ref_name, Vec::new())?);
+    let layout = Blob::new("", OCI_LAYOUT.to_vec());
+    let mut entries: Vec<(String, &dyn Content)> = vec![
+        ("oci-layout".into(), &layout),
         ("index.json".into(), &index),
     ];
     for blob in blobs_of(image) {
-        entries.push((format!("blobs/sha256/{}", blob.hex()), &blob.bytes));
+        entries.push((format!("blobs/sha256/{}", blob.hex()), blob));
     }
     let result = (|| {
         for dir in ["blobs/", "blobs/sha256/"] {
-            append(&mut tar, dir, tar::EntryType::Directory, 0o755, &[])?;
+            append(&mut tar, dir, tar::EntryType::Directory, 0o755, 0, &[][..])?;
         }
-        for (name, bytes) in &entries {
-            append(&mut tar, name, tar::EntryType::Regular, 0o644, bytes)?;
+        for (name, blob) in &entries {
+            let reader = blob.reader()?;
+            append(
+                &mut tar,
+                name,
+                tar::EntryType::Regular,
+                0o644,
+                blob.size(),
+                reader,
+            )?;
         }
         let mut out = tar.into_inner()?;
         out.flush()?;
@@ -105,7 +125,8 @@ fn append(
     name: &str,
     kind: tar::EntryType,
     mode: u32,
-    bytes: &[u8],
+    size: u64,
+    data: impl Read,
 ) -> std::io::Result<()> {
     let mut header = tar::Header::new_ustar();
     header.set_entry_type(kind);
@@ -113,15 +134,15 @@ fn append(
     header.set_uid(0);
     header.set_gid(0);
     header.set_mtime(0);
-    header.set_size(bytes.len() as u64);
-    tar.append_data(&mut header, name, bytes)
+    header.set_size(size);
+    tar.append_data(&mut header, name, data.take(size))
 }
 
-/// The image's blobs, each once (config, layer, manifest).
-fn blobs_of(image: &NewImage) -> Vec<&Blob> {
-    let mut blobs = vec![&image.config, &image.layer, &image.manifest];
-    blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
-    blobs.dedup_by(|a, b| a.digest == b.digest);
+/// The image's blobs, each once (config, layer, manifest), by digest.
+fn blobs_of<L: Content>(image: &NewImage<L>) -> Vec<&dyn Content> {
+    let mut blobs: Vec<&dyn Content> = vec![&image.config, &image.layer, &image.manifest];
+    blobs.sort_by(|a, b| a.digest().cmp(b.digest()));
+    blobs.dedup_by(|a, b| a.digest() == b.digest());
     blobs
 }
 
@@ -163,7 +184,11 @@ fn other_entries(path: &Path, bytes: &[u8], ref_name: &str) -> Result<Vec<Value>
         .collect())
 }
 
-fn index_json(image: &NewImage, ref_name: &str, others: Vec<Value>) -> Result<Vec<u8>, OciError> {
+fn index_json<L: Content>(
+    image: &NewImage<L>,
+    ref_name: &str,
+    others: Vec<Value>,
+) -> Result<Vec<u8>, OciError> {
     let mut entry = image.descriptor();
     entry["annotations"] = json!({
         ANNOTATION_IMAGE_NAME: ref_name,
@@ -176,27 +201,12 @@ fn index_json(image: &NewImage, ref_name: &str, others: Vec<Value>) -> Result<Ve
     canonical_json(index, "the image index")
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
-}
-
 /// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OciError> {
-    let tmp = tmp_path(path);
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
+    replace_with(path, |tmp| {
+        let mut file = File::create(tmp)?;
         file.write_all(bytes)?;
         file.sync_all()
-    })();
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(OciError::Io {
-            op: "write",
-            path: tmp,
-            source,
-        });
-    }
-    std::fs::rename(&tmp, path).map_err(io("rename", &tmp))
+    })
+    .map_err(io("write", path))
 }

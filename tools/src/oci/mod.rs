@@ -1,13 +1,15 @@
-//! OCI image pieces written by `pare compact`: content-addressed blobs, the
-//! one-layer image derived from the source image, and the OCI image layout.
+//! OCI image pieces written by `pare compact`: content-addressed blobs (in
+//! memory, or spooled to a file for the layer), the one-layer image derived
+//! from the source image, and the OCI image layout.
 
+mod blob;
 mod image;
 mod layout;
 
-use serde_json::{Value, json};
-use sha2::{Digest as _, Sha256};
+use serde_json::Value;
 use std::path::PathBuf;
 
+pub use blob::{Blob, Content, FileBlob, Spool, sha256_digest};
 pub use image::{NewImage, build_image};
 pub use layout::{write_layout, write_layout_tar};
 
@@ -85,47 +87,6 @@ pub enum OciError {
         /// The OS error.
         source: std::io::Error,
     },
-}
-
-/// A content-addressed blob: bytes with their media type and sha256 digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Blob {
-    /// Media type, e.g. [`MEDIA_LAYER_GZIP`].
-    pub media_type: String,
-    /// `sha256:<hex>` of `bytes`.
-    pub digest: String,
-    /// The content.
-    pub bytes: Vec<u8>,
-}
-
-impl Blob {
-    /// A blob of `bytes` with its digest computed.
-    pub fn new(media_type: &str, bytes: Vec<u8>) -> Blob {
-        Blob {
-            media_type: media_type.to_string(),
-            digest: sha256_digest(&bytes),
-            bytes,
-        }
-    }
-
-    /// Its OCI descriptor: `{"mediaType", "digest", "size"}`.
-    pub fn descriptor(&self) -> Value {
-        json!({"mediaType": self.media_type, "digest": self.digest, "size": self.bytes.len()})
-    }
-
-    /// The hex part of the digest (the file name under `blobs/sha256/`).
-    pub fn hex(&self) -> &str {
-        self.digest.strip_prefix("sha256:").unwrap_or(&self.digest)
-    }
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
 }
 
 /// Checks that `digest` is `sha256:` and 64 lowercase hex digits (so that it

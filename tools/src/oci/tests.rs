@@ -286,3 +286,84 @@ fn write_layout_tar_matches_the_directory_layout() {
     }
     assert_eq!(files.len(), 5, "{files:?}");
 }
+
+#[test]
+fn a_spooled_layer_is_hashed_linked_into_the_layout_and_removed_with_its_blob() {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut spool = Spool::new_in(dir.path()).expect("spool");
+    for chunk in bytes.chunks(4096) {
+        spool.write_all(chunk).expect("write");
+    }
+    assert_eq!(spool.size(), bytes.len() as u64);
+    let layer = spool.finish(MEDIA_LAYER_GZIP).expect("finish");
+    let spooled = layer.path().to_path_buf();
+    assert_eq!(layer.digest(), sha256_digest(&bytes));
+    assert_eq!(layer.size(), bytes.len() as u64);
+    assert_eq!(
+        layer.descriptor(),
+        json!({"mediaType": MEDIA_LAYER_GZIP, "digest": sha256_digest(&bytes), "size": 3_000_000})
+    );
+    let image = build_image(
+        &original_config(),
+        layer,
+        DIGEST_C,
+        &annotations(),
+        "pare compact docker.io/x/app:v1",
+    )
+    .expect("build");
+    let in_memory = build();
+    assert_eq!(
+        json_of(&image.manifest)["layers"][0]["digest"],
+        sha256_digest(&bytes)
+    );
+    assert_eq!(
+        image.config, in_memory.config,
+        "the config does not depend on the layer"
+    );
+
+    let out = dir.path().join("layout");
+    write_layout(&out, &image, "docker.io/x/app:slim").expect("layout");
+    let linked = out.join("blobs/sha256").join(image.layer.hex());
+    assert_eq!(std::fs::read(&linked).expect("blob"), bytes);
+    assert_eq!(
+        std::fs::metadata(&linked).expect("stat").ino(),
+        std::fs::metadata(&spooled).expect("stat").ino(),
+        "same file system: linked, not copied"
+    );
+    let tar_path = dir.path().join("image.tar");
+    write_layout_tar(&tar_path, &image, "docker.io/x/app:slim").expect("tar");
+    let mut archive = tar::Archive::new(std::fs::File::open(&tar_path).expect("open"));
+    let name = format!("blobs/sha256/{}", image.layer.hex());
+    let mut found = false;
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        if entry.path().expect("path").to_string_lossy() == name {
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut got).expect("read");
+            assert_eq!(got, bytes);
+            found = true;
+        }
+    }
+    assert!(found, "{name} in the layout tar");
+
+    drop(image);
+    assert!(!spooled.exists(), "the spooled file goes with its blob");
+    assert_eq!(
+        std::fs::read(&linked).expect("blob"),
+        bytes,
+        "the layout keeps it"
+    );
+}
+
+#[test]
+fn a_spool_that_is_never_finished_leaves_nothing() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spool = Spool::new_in(dir.path()).expect("spool");
+    spool.write_all(b"half a layer").expect("write");
+    drop(spool);
+    assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+}

@@ -114,3 +114,61 @@ fn always_kept_include_and_exclude() {
     sel.drop_matching(|p| p.to_string() == "/usr/bin");
     assert!(sel.contains(&p("/usr/bin")) && sel.contains(&p("/usr/bin/ls")));
 }
+
+/// Names of the hardlink group of [`hardlink_group`].
+pub(crate) const GROUP: usize = 20_000;
+
+/// A tree whose `/links/n00000` .. `/links/n<names - 1>` are one file of
+/// 4,000 bytes under `names` names, spread over four directories.
+pub(crate) fn hardlink_group(names: usize) -> (tempfile::TempDir, ImageTree, Vec<ImagePath>) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    let path = |i: usize| format!("links/d{}/n{i:05}", i % 4);
+    for d in 0..4 {
+        std::fs::create_dir_all(base.join(format!("links/d{d}"))).unwrap();
+    }
+    std::fs::write(base.join(path(0)), vec![7u8; 4000]).unwrap();
+    for i in 1..names {
+        std::fs::hard_link(base.join(path(0)), base.join(path(i))).unwrap();
+    }
+    let all = (0..names).map(|i| p(&format!("/{}", path(i)))).collect();
+    let stack = LayerStack::open(vec![base]).unwrap();
+    (dir, ImageTree::new(stack), all)
+}
+
+#[test]
+fn a_hardlink_group_of_20000_names_is_kept_whole_once() {
+    let (_d, tree, names) = hardlink_group(GROUP);
+    let index = Index::build(&tree).unwrap();
+    assert_eq!(index.hardlinks(index.get(&names[0]).unwrap()).len(), GROUP);
+    let mut sel = Selection::new(&tree, &index);
+    // Profiled: one name in the middle, then another name of the same group.
+    let profiled = [names[12_345].clone(), names[7].clone()];
+    sel.keep_profiled(profiled.iter()).unwrap();
+    let kept = kept(&sel);
+    assert_eq!(
+        kept.len(),
+        GROUP + 5,
+        "/links, its 4 directories, every name"
+    );
+    assert_eq!(
+        kept[..3],
+        [
+            ("/links".to_string(), Reason::Ancestor),
+            ("/links/d1".to_string(), Reason::Ancestor),
+            (names[12_345].to_string(), Reason::Profiled),
+        ]
+    );
+    let files: HashSet<&str> = kept
+        .iter()
+        .filter(|(path, _)| path.contains("/n"))
+        .map(|(path, _)| path.as_str())
+        .collect();
+    assert_eq!(files.len(), GROUP);
+    assert!(
+        kept.iter()
+            .filter(|(path, _)| path.contains("/n") && *path != names[12_345].to_string())
+            .all(|(_, reason)| *reason == Reason::Hardlink),
+        "the other names are kept as hardlinks (the second profiled name too: it came first as one)"
+    );
+}

@@ -54,7 +54,8 @@ fn fixture() -> (tempfile::TempDir, ImageTree) {
     (dir, ImageTree::new(stack))
 }
 
-fn build(tree: &ImageTree, compression: Compression) -> LayerOut {
+/// The layer's tar, its metadata, and the compressed blob.
+fn build(tree: &ImageTree, compression: Compression) -> (LayerOut, Vec<u8>) {
     let index = Index::build(tree).unwrap();
     let mut sel = Selection::new(tree, &index);
     let long = format!("/app/{}", "d".repeat(120));
@@ -62,15 +63,15 @@ fn build(tree: &ImageTree, compression: Compression) -> LayerOut {
         .unwrap();
     let kept = sel.into_kept();
     let overrides = HashMap::new();
-    write(tree, &kept, &overrides, compression, &|_| {}).unwrap()
+    write(tree, &kept, &overrides, compression, Vec::new(), &|_| {}).unwrap()
 }
 
 #[test]
 fn entries_carry_metadata_links_and_xattrs_in_closure_order() {
     let (_d, tree) = fixture();
-    let out = build(&tree, Compression::Gzip);
+    let (out, blob) = build(&tree, Compression::Gzip);
     let mut tar_bytes = Vec::new();
-    flate2::read::GzDecoder::new(out.blob.as_slice())
+    flate2::read::GzDecoder::new(blob.as_slice())
         .read_to_end(&mut tar_bytes)
         .unwrap();
     assert_eq!(
@@ -129,7 +130,50 @@ fn the_same_entries_give_the_same_blob() {
     let (_d, tree) = fixture();
     for compression in [Compression::Gzip, Compression::Zstd] {
         let (a, b) = (build(&tree, compression), build(&tree, compression));
-        assert_eq!(a.blob, b.blob, "{compression:?}");
-        assert_eq!(a.diff_id, b.diff_id);
+        assert_eq!(a.1, b.1, "{compression:?}");
+        assert_eq!(a.0.diff_id, b.0.diff_id);
     }
+}
+
+#[test]
+fn a_hardlink_group_of_20000_names_is_one_file_and_hardlinks_to_its_first_name() {
+    use crate::compact::closure::tests::{GROUP, hardlink_group};
+    let (_d, tree, names) = hardlink_group(GROUP);
+    let index = Index::build(&tree).unwrap();
+    let mut sel = Selection::new(&tree, &index);
+    sel.keep_profiled([names[12_345].clone()].iter()).unwrap();
+    let kept = sel.into_kept();
+    let (out, tar) = write(
+        &tree,
+        &kept,
+        &HashMap::new(),
+        Compression::Zstd,
+        Vec::new(),
+        &|_| {},
+    )
+    .unwrap();
+    let tar = zstd::decode_all(tar.as_slice()).unwrap();
+    assert_eq!(out.content_bytes, 4000, "one copy of the content");
+    let first = names[12_345].to_string()[1..].to_string();
+    let mut files = Vec::new();
+    let mut links = std::collections::HashSet::new();
+    for entry in tar::Archive::new(tar.as_slice()).entries().unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path().unwrap().display().to_string();
+        match entry.header().entry_type() {
+            EntryType::Regular => files.push((path, entry.size())),
+            EntryType::Link => {
+                let target = entry.link_name().unwrap().unwrap().display().to_string();
+                assert_eq!(target, first, "{path} links to the first name");
+                assert!(links.insert(path));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(files, vec![(first.clone(), 4000)]);
+    assert_eq!(links.len(), GROUP - 1);
+    assert!(names.iter().all(|n| {
+        let rel = &n.to_string()[1..];
+        rel == first || links.contains(rel)
+    }));
 }
