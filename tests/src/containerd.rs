@@ -308,8 +308,7 @@ impl Ctr {
     /// `ctr run --rm --snapshotter S IMAGE ID CMD...` (the image's entrypoint
     /// and cmd when `cmd` is empty); returns the container's stdout.
     pub fn run(&self, image: &str, id: &str, snapshotter: &str, cmd: &[&str]) -> Result<String> {
-        let out = self.run_with(&["--rm"], image, id, snapshotter, cmd)?;
-        String::from_utf8(out.stdout).context("container stdout is not UTF-8")
+        self.run_flags(&[], image, id, snapshotter, cmd)
     }
 
     /// `ctr run --detach ...`: starts container `id` and returns once its task
@@ -321,8 +320,7 @@ impl Ctr {
         snapshotter: &str,
         cmd: &[&str],
     ) -> Result<()> {
-        self.run_with(&["--detach"], image, id, snapshotter, cmd)?;
-        Ok(())
+        self.run_detached_with(&[], image, id, snapshotter, cmd)
     }
 
     /// Like [`Ctr::run_detached`], in the host's network namespace (a
@@ -334,8 +332,7 @@ impl Ctr {
         snapshotter: &str,
         cmd: &[&str],
     ) -> Result<()> {
-        self.run_with(&["--detach", "--net-host"], image, id, snapshotter, cmd)?;
-        Ok(())
+        self.run_detached_with(&["--net-host"], image, id, snapshotter, cmd)
     }
 
     /// Like [`Ctr::run`], with extra `flags` (e.g. `--allow-new-privs`).

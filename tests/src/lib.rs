@@ -10,6 +10,7 @@ pub mod images;
 pub mod large;
 pub mod layer;
 pub mod mounts;
+pub mod node;
 pub mod oci;
 pub mod prereq;
 pub mod snapshotter;

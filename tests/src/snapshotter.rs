@@ -184,19 +184,7 @@ impl PareSnapshotter {
 
     /// SIGTERM and a clean exit.
     pub fn stop(mut self) -> Result<()> {
-        let mut child = self.child.take().context("not running")?;
-        rustix::process::kill_process(
-            rustix::process::Pid::from_child(&child),
-            rustix::process::Signal::TERM,
-        )?;
-        let status = wait_timeout(&mut child, Duration::from_secs(30))?
-            .with_context(|| format!("pare-snapshotter ignored SIGTERM: {}", self.log_text()))?;
-        ensure!(
-            status.success(),
-            "pare-snapshotter exited with {status}: {}",
-            self.log_text()
-        );
-        Ok(())
+        self.terminate()
     }
 
     /// Mountpoints of views under the root, from mountinfo.

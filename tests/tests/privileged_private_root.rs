@@ -5,12 +5,11 @@
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use pare_tests::containerd::{Containerd, run_with_timeout};
+use pare_tests::containerd::run_with_timeout;
 use pare_tests::images::MTIME;
-use pare_tests::mounts::Scratch;
-use pare_tests::oci::{DEFAULT_TOOLS, Image, Layer, host_tools_layer};
+use pare_tests::node::{PareNode, import_tools_image, tools_image};
+use pare_tests::oci::Layer;
 use pare_tests::prereq::{Need, PARE_NODE, privileged};
-use pare_tests::snapshotter::PareSnapshotter;
 
 const IMAGE: &str = "docker.io/pare-tests/private:v1";
 
@@ -44,99 +43,90 @@ fn privileged_nothing_under_the_root_is_reachable_by_other_users_while_container
     ) {
         return Ok(());
     }
-    let scratch = Scratch::new()?;
-    // The scratch dir itself is open to all, as /var/lib is.
-    std::fs::set_permissions(
-        scratch.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
-    let pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
-    std::fs::set_permissions(
-        scratch.path().join("pare"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
-    let containerd = Containerd::start(
-        &scratch.path().join("containerd"),
-        &pare.containerd_config(),
-    )?;
-    let mut app = Layer::new(MTIME);
-    app.dir("app", 0o755);
-    app.file("app/secret.txt", "secret\n", 0o644);
-    let tarball = scratch.path().join("image.tar");
-    let image = Image::new()
-        .layer(&host_tools_layer(MTIME, DEFAULT_TOOLS)?)?
-        .layer(&app)?
-        .write_oci_archive(IMAGE, &tarball)?;
-    let chain = image.top_chain_id().context("layers")?.to_string();
-    let ctr = containerd.ctr();
-    ctr.import(&tarball, "pare")?;
-    ctr.run_detached(IMAGE, "sleeper", "pare", &["sleep", "600"])?;
-
-    let root = std::fs::canonicalize(pare.root())?;
-    let view = pare
-        .mounted_views()
-        .into_iter()
-        .next()
-        .context("the container's view is mounted")?;
-    let profile = root.join("profiles").join(&chain);
-    let secret_layer = std::fs::read_dir(root.join("snapshots"))?
-        .flatten()
-        .map(|e| e.path().join("fs/app/secret.txt"))
-        .find(|p| p.exists())
-        .context("the layer holding the secret")?;
-    let attempts: Vec<(&str, Vec<String>)> = vec![
-        (
-            "list the root",
-            vec!["ls".into(), root.display().to_string()],
-        ),
-        ("list a view", vec!["ls".into(), view.display().to_string()]),
-        (
-            "read through a view",
-            vec![
-                "cat".into(),
-                view.join("app/secret.txt").display().to_string(),
-            ],
-        ),
-        (
-            "execute through a view",
-            vec![view.join("usr/bin/true").display().to_string()],
-        ),
-        (
-            "read a layer",
-            vec!["cat".into(), secret_layer.display().to_string()],
-        ),
-        (
-            "read a profile",
-            vec!["cat".into(), profile.display().to_string()],
-        ),
-        (
-            "read the metadata",
-            vec!["cat".into(), root.join("metadata.db").display().to_string()],
-        ),
-    ];
-    for (what, cmd) in &attempts {
-        let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
-        // Root can (so the path is right and the check can fail)...
-        let mut as_root = Command::new(args[0]);
-        as_root.args(&args[1..]);
-        let out = run_with_timeout(&mut as_root, std::time::Duration::from_secs(30))?;
-        ensure!(out.status.success(), "root cannot {what}: {out:?}");
-        // ...nobody cannot.
-        let (ok, stderr) = as_nobody(&args)?;
-        ensure!(
-            !ok && stderr.contains("Permission denied"),
-            "nobody could {what} ({args:?}): ok={ok} {stderr}"
-        );
+    let mut node = PareNode::start()?;
+    // The directories above the root are open to all, as /var/lib is.
+    for dir in [
+        node.scratch.path().to_path_buf(),
+        node.scratch.path().join("pare"),
+    ] {
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
-    let mount = pare_fs::mountinfo::mount_at(&view).context("view mount")?;
-    ensure!(
-        mount.has_option("nosuid") && mount.has_option("nodev") && mount.has_option("ro"),
-        "view mount options {}",
-        mount.options
-    );
-    ctr.remove("sleeper")?;
-    containerd.stop()?;
-    pare.stop()
+    node.checked(|node| {
+        let mut app = Layer::new(MTIME);
+        app.dir("app", 0o755);
+        app.file("app/secret.txt", "secret\n", 0o644);
+        let image = import_tools_image(node, IMAGE, &[], &app)?;
+        let chain = image.top_chain_id().context("layers")?.to_string();
+        let ctr = node.ctr();
+        ctr.run_detached(IMAGE, "sleeper", "pare", &["sleep", "600"])?;
+        let pare = &node.pare;
+
+        let root = std::fs::canonicalize(pare.root())?;
+        let view = pare
+            .mounted_views()
+            .into_iter()
+            .next()
+            .context("the container's view is mounted")?;
+        let profile = root.join("profiles").join(&chain);
+        let secret_layer = std::fs::read_dir(root.join("snapshots"))?
+            .flatten()
+            .map(|e| e.path().join("fs/app/secret.txt"))
+            .find(|p| p.exists())
+            .context("the layer holding the secret")?;
+        let attempts: Vec<(&str, Vec<String>)> = vec![
+            (
+                "list the root",
+                vec!["ls".into(), root.display().to_string()],
+            ),
+            ("list a view", vec!["ls".into(), view.display().to_string()]),
+            (
+                "read through a view",
+                vec![
+                    "cat".into(),
+                    view.join("app/secret.txt").display().to_string(),
+                ],
+            ),
+            (
+                "execute through a view",
+                vec![view.join("usr/bin/true").display().to_string()],
+            ),
+            (
+                "read a layer",
+                vec!["cat".into(), secret_layer.display().to_string()],
+            ),
+            (
+                "read a profile",
+                vec!["cat".into(), profile.display().to_string()],
+            ),
+            (
+                "read the metadata",
+                vec!["cat".into(), root.join("metadata.db").display().to_string()],
+            ),
+        ];
+        for (what, cmd) in &attempts {
+            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            // Root can (so the path is right and the check can fail)...
+            let mut as_root = Command::new(args[0]);
+            as_root.args(&args[1..]);
+            let out = run_with_timeout(&mut as_root, std::time::Duration::from_secs(30))?;
+            ensure!(out.status.success(), "root cannot {what}: {out:?}");
+            // ...nobody cannot.
+            let (ok, stderr) = as_nobody(&args)?;
+            ensure!(
+                !ok && stderr.contains("Permission denied"),
+                "nobody could {what} ({args:?}): ok={ok} {stderr}"
+            );
+        }
+        let mount = pare_fs::mountinfo::mount_at(&view).context("view mount")?;
+        ensure!(
+            mount.has_option("nosuid") && mount.has_option("nodev") && mount.has_option("ro"),
+            "view mount options {}",
+            mount.options
+        );
+        ctr.remove("sleeper")?;
+        Ok(())
+    })?;
+    node.stop()
 }
 
 #[test]
@@ -147,25 +137,16 @@ fn privileged_setuid_binaries_and_device_nodes_work_in_containers_on_the_view() 
     ) {
         return Ok(());
     }
-    let scratch = Scratch::new()?;
-    let pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
-    let containerd = Containerd::start(
-        &scratch.path().join("containerd"),
-        &pare.containerd_config(),
-    )?;
-    let mut tools = DEFAULT_TOOLS.to_vec();
-    tools.push("setpriv");
+    let mut node = PareNode::start()?;
+    node.checked(|node| {
     let mut app = Layer::new(MTIME);
     app.dir("app", 0o755);
     let id = std::fs::read(pare_tests::prereq::which("id").context("id")?)?;
     app.file("app/suid-id", id, 0o4755).owner(0, 0);
     app.char_dev("app/null", 1, 3, 0o666);
-    let tarball = scratch.path().join("image.tar");
-    Image::new()
-        .layer(&host_tools_layer(MTIME, &tools)?)?
-        .layer(&app)?
-        .write_oci_archive(IMAGE, &tarball)?;
-    let ctr = containerd.ctr();
+    let tarball = node.scratch.path().join("image.tar");
+    tools_image(IMAGE, &["setpriv"], &app, &tarball)?;
+    let ctr = node.ctr();
     ctr.import(&tarball, "pare")?;
     ctr.import(&tarball, "overlayfs")?;
     let script = "setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '/app/suid-id -u'; \
@@ -193,6 +174,7 @@ fn privileged_setuid_binaries_and_device_nodes_work_in_containers_on_the_view() 
         outputs[1],
         outputs[0]
     );
-    containerd.stop()?;
-    pare.stop()
+    Ok(())
+    })?;
+    node.stop()
 }

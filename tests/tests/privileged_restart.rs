@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
-use pare_tests::containerd::{Containerd, Ctr};
+use pare_tests::containerd::Ctr;
 use pare_tests::images::MTIME;
-use pare_tests::mounts::Scratch;
-use pare_tests::oci::{BuiltImage, DEFAULT_TOOLS, Image, Layer, host_tools_layer};
+use pare_tests::node::{PareNode, import_tools_image};
+use pare_tests::oci::Layer;
 use pare_tests::prereq::{PARE_NODE, privileged};
-use pare_tests::snapshotter::{PareSnapshotter, snapshotter_bin};
+use pare_tests::snapshotter::snapshotter_bin;
 
 const IMAGE: &str = "docker.io/pare-tests/restart:v1";
 const LOOPS: usize = 3;
@@ -38,7 +38,7 @@ done
 echo "DONE $k" >> /out/$c.log
 "#;
 
-fn image(tarball: &Path) -> Result<BuiltImage> {
+fn app_layer() -> Layer {
     let mut app = Layer::new(MTIME);
     app.dir("app", 0o755);
     app.file("app/loop.sh", LOOP, 0o755);
@@ -51,12 +51,7 @@ fn image(tarball: &Path) -> Result<BuiltImage> {
             app.file(&format!("data/c{c}/f{k}"), format!("c{c}-{k}\n"), 0o644);
         }
     }
-    let mut tools = DEFAULT_TOOLS.to_vec();
-    tools.push("mv");
-    Image::new()
-        .layer(&host_tools_layer(MTIME, &tools)?)?
-        .layer(&app)?
-        .write_oci_archive(IMAGE, tarball)
+    app
 }
 
 fn step(out: &Path, c: usize) -> u64 {
@@ -138,36 +133,18 @@ fn privileged_running_containers_survive_kill_term_and_upgrade_of_the_snapshotte
     ) {
         return Ok(());
     }
-    let scratch = Scratch::new()?;
-    let mut pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
-    let containerd = Containerd::start(
-        &scratch.path().join("containerd"),
-        &pare.containerd_config(),
-    )?;
-    let result = run(&scratch, &mut pare, &containerd);
-    let logs = || {
-        format!(
-            "--- containerd ---\n{}\n--- pare-snapshotter ---\n{}",
-            containerd.log_tail(30),
-            pare.log_text()
-        )
-    };
-    match result {
-        Ok(()) => {
-            containerd.stop()?;
-            pare.stop()
-        }
-        Err(e) => Err(e.context(logs())),
-    }
+    let mut node = PareNode::start()?;
+    node.checked(run)?;
+    node.stop()
 }
 
-fn run(scratch: &Scratch, pare: &mut PareSnapshotter, containerd: &Containerd) -> Result<()> {
-    let tarball = scratch.path().join("image.tar");
-    let image = image(&tarball)?;
+fn run(node: &mut PareNode) -> Result<()> {
+    let image = import_tools_image(node, IMAGE, &["mv"], &app_layer())?;
     let chain = image.top_chain_id().context("layers")?.to_string();
-    let ctr = containerd.ctr();
-    ctr.import(&tarball, "pare")?;
-    let out: PathBuf = scratch.path().join("out");
+    let ctr = node.ctr();
+    let scratch = node.scratch.path().to_path_buf();
+    let pare = &mut node.pare;
+    let out: PathBuf = scratch.join("out");
     std::fs::create_dir(&out)?;
     let mount = format!("type=bind,src={},dst=/out,options=rbind:rw", out.display());
     for c in 0..LOOPS {
@@ -185,7 +162,7 @@ fn run(scratch: &Scratch, pare: &mut PareSnapshotter, containerd: &Containerd) -
     let servers = pare.view_servers();
     ensure!(servers.len() == 1, "one view server, found {servers:?}");
 
-    let upgraded = scratch.path().join("pare-snapshotter-upgraded");
+    let upgraded = scratch.join("pare-snapshotter-upgraded");
     let mut restarted_at = Vec::new();
     for (i, how) in [Restart::Kill, Restart::Term, Restart::Upgrade]
         .into_iter()

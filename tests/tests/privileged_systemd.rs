@@ -11,12 +11,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use pare_tests::containerd::{Containerd, run_with_timeout};
+use pare_tests::containerd::run_with_timeout;
 use pare_tests::images::MTIME;
 use pare_tests::mounts::Scratch;
-use pare_tests::oci::{DEFAULT_TOOLS, Image, Layer, host_tools_layer};
+use pare_tests::node::{PareNode, import_tools_image};
+use pare_tests::oci::Layer;
 use pare_tests::prereq::{Need, PARE_NODE, privileged};
-use pare_tests::snapshotter::{PareSnapshotter, snapshotter_bin};
+use pare_tests::snapshotter::snapshotter_bin;
 use rustix::process::{Pid, Signal};
 
 const UNIT: &str = concat!(
@@ -128,23 +129,15 @@ fn privileged_view_servers_survive_the_daemons_group_signals_and_readiness_follo
     ) {
         return Ok(());
     }
-    let scratch = Scratch::new()?;
-    let mut pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
-    let containerd = Containerd::start(
-        &scratch.path().join("containerd"),
-        &pare.containerd_config(),
-    )?;
-    let result = (|| -> Result<()> {
+    let mut node = PareNode::start()?;
+    node.checked(|node| {
         let mut app = Layer::new(MTIME);
         app.dir("app", 0o755);
         app.file("app/keep.txt", "keep\n", 0o644);
-        let tarball = scratch.path().join("image.tar");
-        Image::new()
-            .layer(&host_tools_layer(MTIME, DEFAULT_TOOLS)?)?
-            .layer(&app)?
-            .write_oci_archive(IMAGE, &tarball)?;
-        let ctr = containerd.ctr();
-        ctr.import(&tarball, "pare")?;
+        import_tools_image(node, IMAGE, &[], &app)?;
+        let scratch = node.scratch.path().to_path_buf();
+        let pare = &mut node.pare;
+        let ctr = node.containerd.ctr();
         ctr.run_detached(IMAGE, "sleeper", "pare", &["sleep", "600"])?;
         let servers = pare.view_servers();
         ensure!(servers.len() == 1, "one view server: {servers:?}");
@@ -188,7 +181,7 @@ fn privileged_view_servers_survive_the_daemons_group_signals_and_readiness_follo
 
         // Readiness: READY=1 only after the running view was adopted and the
         // socket answers.
-        let notify_path = scratch.path().join("notify.sock");
+        let notify_path = scratch.join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path)?;
         notify.set_read_timeout(Some(Duration::from_secs(30)))?;
         pare.set_env("NOTIFY_SOCKET", &notify_path.display().to_string());
@@ -213,10 +206,6 @@ fn privileged_view_servers_survive_the_daemons_group_signals_and_readiness_follo
         );
         ctr.remove("sleeper")?;
         Ok(())
-    })();
-    if let Err(e) = result {
-        return Err(e.context(format!("--- pare-snapshotter ---\n{}", pare.log_text())));
-    }
-    containerd.stop()?;
-    pare.stop()
+    })?;
+    node.stop()
 }

@@ -4,23 +4,21 @@
 //! aside (kept byte for byte) and replaced, so the image still runs.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use pare_tests::containerd::Containerd;
 use pare_tests::images::MTIME;
 use pare_tests::mounts::Scratch;
-use pare_tests::oci::{BuiltImage, DEFAULT_TOOLS, Image, Layer, host_tools_layer};
+use pare_tests::node::{PareNode, import_tools_image};
+use pare_tests::oci::{BuiltImage, Layer};
 use pare_tests::prereq::{PARE_NODE, privileged};
-use pare_tests::snapshotter::PareSnapshotter;
 
-fn image(name: &str, marker: &str, tarball: &Path) -> Result<BuiltImage> {
+/// An image whose app layer holds `app/marker` with `marker` in it.
+fn marker_image(node: &PareNode, name: &str, marker: &str) -> Result<BuiltImage> {
     let mut app = Layer::new(MTIME);
     app.dir("app", 0o755);
     app.file("app/marker", format!("{marker}\n"), 0o644);
-    Image::new()
-        .layer(&host_tools_layer(MTIME, DEFAULT_TOOLS)?)?
-        .layer(&app)?
-        .write_oci_archive(name, tarball)
+    import_tools_image(node, name, &[], &app)
 }
 
 /// The layer directory holding `app/marker` with `marker` in it.
@@ -40,33 +38,21 @@ fn privileged_a_view_that_cannot_mount_fails_only_its_prepare() -> Result<()> {
     ) {
         return Ok(());
     }
-    let scratch = Scratch::new()?;
-    let pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
-    let containerd = Containerd::start(
-        &scratch.path().join("containerd"),
-        &pare.containerd_config(),
-    )?;
-    let result = (|| -> Result<()> {
-        let ctr = containerd.ctr();
-        for (name, marker) in [
-            ("docker.io/pare-tests/broken:v1", "broken"),
-            ("docker.io/pare-tests/fine:v1", "fine"),
-        ] {
-            let tarball = scratch.path().join(format!("{marker}.tar"));
-            image(name, marker, &tarball)?;
-            ctr.import(&tarball, "pare")?;
-        }
+    let mut node = PareNode::start()?;
+    node.checked(|node| {
+        let (broken, fine) = (
+            "docker.io/pare-tests/broken:v1",
+            "docker.io/pare-tests/fine:v1",
+        );
+        marker_image(node, broken, "broken")?;
+        marker_image(node, fine, "fine")?;
+        let ctr = node.ctr();
         // The broken image's top layer goes missing: its view cannot start.
-        let layer = layer_with(pare.root(), "broken")?;
+        let layer = layer_with(node.pare.root(), "broken")?;
         let away = layer.with_file_name("fs.away");
         std::fs::rename(&layer, &away)?;
         let err = ctr
-            .run(
-                "docker.io/pare-tests/broken:v1",
-                "broken-1",
-                "pare",
-                &["cat", "/app/marker"],
-            )
+            .run(broken, "broken-1", "pare", &["cat", "/app/marker"])
             .expect_err("a container whose view cannot mount must not start");
         let text = format!("{err:#}");
         ensure!(
@@ -74,31 +60,17 @@ fn privileged_a_view_that_cannot_mount_fails_only_its_prepare() -> Result<()> {
             "the error says why: {text}"
         );
         // Everything else is answered at once.
-        let out = ctr.run(
-            "docker.io/pare-tests/fine:v1",
-            "fine-1",
-            "pare",
-            &["cat", "/app/marker"],
-        )?;
+        let out = ctr.run(fine, "fine-1", "pare", &["cat", "/app/marker"])?;
         ensure!(out == "fine\n", "{out:?}");
         let listed = ctr.ctr(&["snapshots", "--snapshotter", "pare", "ls"])?;
         ensure!(listed.status.success());
         // Repaired, the image runs again: the failed Prepare left nothing behind.
         std::fs::rename(&away, &layer)?;
-        let out = ctr.run(
-            "docker.io/pare-tests/broken:v1",
-            "broken-2",
-            "pare",
-            &["cat", "/app/marker"],
-        )?;
+        let out = ctr.run(broken, "broken-2", "pare", &["cat", "/app/marker"])?;
         ensure!(out == "broken\n", "{out:?}");
         Ok(())
-    })();
-    if let Err(e) = result {
-        return Err(e.context(format!("--- pare-snapshotter ---\n{}", pare.log_text())));
-    }
-    containerd.stop()?;
-    pare.stop()
+    })?;
+    node.stop()
 }
 
 #[test]
@@ -109,23 +81,17 @@ fn privileged_a_corrupt_profile_is_set_aside_and_the_image_still_runs() -> Resul
     ) {
         return Ok(());
     }
-    let scratch = Scratch::new()?;
-    let pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
-    let containerd = Containerd::start(
-        &scratch.path().join("containerd"),
-        &pare.containerd_config(),
-    )?;
-    let result = (|| -> Result<()> {
-        let ctr = containerd.ctr();
+    let mut node = PareNode::start()?;
+    node.checked(|node| {
         let name = "docker.io/pare-tests/corrupt:v1";
-        let tarball = scratch.path().join("image.tar");
-        let built = image(name, "corrupt", &tarball)?;
+        let built = marker_image(node, name, "corrupt")?;
         let chain = built.top_chain_id().context("layers")?.to_string();
-        ctr.import(&tarball, "pare")?;
-        let profiles = pare.root().join("profiles");
+        let profiles = node.pare.root().join("profiles");
         let garbage = b"PAREPROF\x07\x00 this header is damaged".to_vec();
         std::fs::write(profiles.join(&chain), &garbage)?;
-        let out = ctr.run(name, "c1", "pare", &["cat", "/app/marker"])?;
+        let out = node
+            .ctr()
+            .run(name, "c1", "pare", &["cat", "/app/marker"])?;
         ensure!(out == "corrupt\n", "{out:?}");
         let aside: Vec<PathBuf> = std::fs::read_dir(&profiles)?
             .flatten()
@@ -151,16 +117,21 @@ fn privileged_a_corrupt_profile_is_set_aside_and_the_image_still_runs() -> Resul
             "the new profile records the run"
         );
         ensure!(
-            pare.log_text().contains("set aside"),
+            node.pare.log_text().contains("set aside"),
             "the daemon logged it"
         );
         Ok(())
-    })();
-    if let Err(e) = result {
-        return Err(e.context(format!("--- pare-snapshotter ---\n{}", pare.log_text())));
+    })?;
+    node.stop()
+}
+
+/// Unmounts a test's own mount when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
     }
-    containerd.stop()?;
-    pare.stop()
 }
 
 #[test]
@@ -183,21 +154,10 @@ fn privileged_a_full_profile_disk_keeps_containers_running_and_marks_the_profile
         rustix::mount::MountFlags::empty(),
         Some(c"size=1m"),
     )?;
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
-        }
-    }
     let _tmpfs = Unmount(profiles.clone());
-    let pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
-    let containerd = Containerd::start(
-        &scratch.path().join("containerd"),
-        &pare.containerd_config(),
-    )?;
-    let name = "docker.io/pare-tests/diskfull:v1";
-    let result = (|| -> Result<()> {
-        let ctr = containerd.ctr();
+    let mut node = PareNode::start_in(scratch)?;
+    node.checked(|node| {
+        let name = "docker.io/pare-tests/diskfull:v1";
         let mut app = Layer::new(MTIME);
         app.dir("app", 0o755);
         app.file("app/marker", "diskfull\n", 0o644);
@@ -206,13 +166,9 @@ fn privileged_a_full_profile_disk_keeps_containers_running_and_marks_the_profile
         for i in 0..3000 {
             app.file(&format!("app/{long}{i:05}"), format!("{i}\n"), 0o644);
         }
-        let tarball = scratch.path().join("image.tar");
-        let built = Image::new()
-            .layer(&host_tools_layer(MTIME, DEFAULT_TOOLS)?)?
-            .layer(&app)?
-            .write_oci_archive(name, &tarball)?;
+        let built = import_tools_image(node, name, &[], &app)?;
         let chain = built.top_chain_id().context("layers")?.to_string();
-        ctr.import(&tarball, "pare")?;
+        let ctr = node.ctr();
         let out = ctr.run(name, "first", "pare", &["cat", "/app/marker"])?;
         ensure!(out == "diskfull\n");
         // Fill the profiles' file system.
@@ -229,21 +185,20 @@ fn privileged_a_full_profile_disk_keeps_containers_running_and_marks_the_profile
             out.trim() == "3000",
             "the container read everything: {out:?}"
         );
-        let log = pare.log_text();
         ensure!(
-            log.contains("write_errors"),
+            node.pare.log_text().contains("write_errors"),
             "the write errors are counted in the log"
         );
         // containerd's garbage collection removes the container's snapshot
         // soon after; the view stops with it and gives up on the records it
         // still holds.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !pare.mounted_views().is_empty() || !pare.view_servers().is_empty() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !node.pare.mounted_views().is_empty() || !node.pare.view_servers().is_empty() {
             ensure!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "the view outlived its containers"
             );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
         }
         let profile = pare_fs::profile::read(&profiles.join(&chain))?;
         ensure!(profile.incomplete, "the profile is marked incomplete");
@@ -259,11 +214,11 @@ fn privileged_a_full_profile_disk_keeps_containers_running_and_marks_the_profile
             Ok(std::process::Command::new(pare_tests::prereq::pare_bin())
                 .arg("compact")
                 .arg("--address")
-                .arg(containerd.address())
+                .arg(node.containerd.address())
                 .args(["--namespace", "pare-tests", "--root"])
-                .arg(pare.root())
+                .arg(node.pare.root())
                 .args(["--oci-layout"])
-                .arg(scratch.path().join("layout"))
+                .arg(node.scratch.path().join("layout"))
                 .args(extra)
                 .arg(name)
                 .output()?)
@@ -283,10 +238,6 @@ fn privileged_a_full_profile_disk_keeps_containers_running_and_marks_the_profile
             String::from_utf8_lossy(&allowed.stderr)
         );
         Ok(())
-    })();
-    if let Err(e) = result {
-        return Err(e.context(format!("--- pare-snapshotter ---\n{}", pare.log_text())));
-    }
-    containerd.stop()?;
-    pare.stop()
+    })?;
+    node.stop()
 }
