@@ -413,6 +413,14 @@ impl Ctr {
     }
 }
 
+/// Everything written to `file` so far (a command's captured output).
+pub fn read_back(file: &mut File) -> Result<Vec<u8>> {
+    file.rewind()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Runs `cmd` with stdin closed and stdout and stderr in temporary files (no
 /// pipe to fill up), killing it after `timeout`.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> {
@@ -435,15 +443,9 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> 
             bail!("timed out after {timeout:?}: {}", text.trim());
         }
     };
-    let read = |file: &mut File| -> Result<Vec<u8>> {
-        file.rewind()?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        Ok(bytes)
-    };
     Ok(Output {
         status,
-        stdout: read(&mut stdout)?,
-        stderr: read(&mut stderr)?,
+        stdout: read_back(&mut stdout)?,
+        stderr: read_back(&mut stderr)?,
     })
 }

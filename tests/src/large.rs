@@ -213,18 +213,11 @@ pub fn run_measured(cmd: &mut Command, timeout: Duration) -> Result<Measured> {
         std::thread::sleep(Duration::from_millis(10));
     };
     let elapsed = started.elapsed();
-    let read = |file: &mut File| -> Result<Vec<u8>> {
-        use std::io::Seek;
-        file.rewind()?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        Ok(bytes)
-    };
     Ok(Measured {
         output: Output {
             status,
-            stdout: read(&mut stdout)?,
-            stderr: read(&mut stderr)?,
+            stdout: crate::containerd::read_back(&mut stdout)?,
+            stderr: crate::containerd::read_back(&mut stderr)?,
         },
         elapsed,
         peak_rss_kib: peak,

@@ -134,3 +134,28 @@ impl Meta {
         (self.mode & 0o7777) as u16
     }
 }
+
+#[cfg(test)]
+impl Meta {
+    /// A root-owned entry of `kind` with inode `ino` and `nlink` links, all
+    /// times zero: for unit tests.
+    pub(crate) fn for_test(kind: Kind, mode: u32, ino: u64, nlink: u64) -> Meta {
+        let t = Timespec { sec: 0, nsec: 0 };
+        Meta {
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            nlink,
+            size: 0,
+            blocks: 0,
+            blksize: 4096,
+            rdev: 0,
+            dev: 1,
+            ino,
+            atime: t,
+            mtime: t,
+            ctime: t,
+        }
+    }
+}

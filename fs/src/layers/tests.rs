@@ -6,23 +6,7 @@ use std::path::Path;
 use super::*;
 
 fn meta(kind: Kind, ino: u64) -> Meta {
-    let t = Timespec { sec: 0, nsec: 0 };
-    Meta {
-        kind,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-        nlink: 1,
-        size: 0,
-        blocks: 0,
-        blksize: 4096,
-        rdev: 0,
-        dev: 1,
-        ino,
-        atime: t,
-        mtime: t,
-        ctime: t,
-    }
+    Meta::for_test(kind, 0o755, ino, 1)
 }
 
 /// Short names for probes: `-` absent, `w` whiteout, `f` file, `d` dir, `o` opaque dir.

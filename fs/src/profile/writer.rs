@@ -495,6 +495,14 @@ mod tests {
         sink: &FakeSink,
         max_pending: usize,
     ) -> (Writer<FakeSink>, crossbeam_channel::Sender<Access>) {
+        writer_retrying(sink, max_pending, RETRY)
+    }
+
+    fn writer_retrying(
+        sink: &FakeSink,
+        max_pending: usize,
+        retry_every: Duration,
+    ) -> (Writer<FakeSink>, crossbeam_channel::Sender<Access>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let len = sink.bytes().len() as u64;
         let opened = Opened {
@@ -506,7 +514,7 @@ mod tests {
         };
         let limits = Limits {
             max_pending,
-            retry_every: RETRY,
+            retry_every,
         };
         (Writer::new(opened, rx, Duration::ZERO, limits), tx)
     }
@@ -680,20 +688,7 @@ mod tests {
     #[test]
     fn kept_records_are_retried_without_new_accesses() {
         let sink = FakeSink::new();
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let len = sink.bytes().len() as u64;
-        let opened = Opened {
-            sink: sink.clone(),
-            path: "fake".into(),
-            len,
-            flags: 0,
-            seen: HashMap::new(),
-        };
-        let limits = Limits {
-            max_pending: 1 << 20,
-            retry_every: Duration::from_millis(20),
-        };
-        let w = Writer::new(opened, rx, Duration::ZERO, limits);
+        let (w, tx) = writer_retrying(&sink, 1 << 20, Duration::from_millis(20));
         let counters = w.counters();
         sink.with(|f| f.fail_writes = 3);
         let thread = std::thread::spawn(move || w.run());

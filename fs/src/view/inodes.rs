@@ -309,31 +309,15 @@ mod tests {
     use fuser::INodeNo;
 
     use super::{Inodes, Node};
-    use crate::layers::{Kind, LayerIdx, Meta, Resolved, Timespec};
+    use crate::layers::{Kind, LayerIdx, Meta, Resolved};
 
     fn meta(kind: Kind, ino: u64, nlink: u64) -> Meta {
-        let t = Timespec { sec: 0, nsec: 0 };
         let mode = if kind == Kind::Dir {
             0o040755
         } else {
             0o100644
         };
-        Meta {
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
-            nlink,
-            size: 0,
-            blocks: 0,
-            blksize: 4096,
-            rdev: 0,
-            dev: 1,
-            ino,
-            atime: t,
-            mtime: t,
-            ctime: t,
-        }
+        Meta::for_test(kind, mode, ino, nlink)
     }
 
     fn dir(ino: u64) -> Resolved {
