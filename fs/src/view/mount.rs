@@ -158,7 +158,9 @@ impl MountedView {
     }
 
     /// Unmounts, detaching the mount point when it is busy, and waits at most
-    /// `wait` for serving to end.
+    /// `wait` for serving to end. An overlay using the view keeps a private
+    /// clone of its mount, so the unmount may succeed while serving goes on:
+    /// [`Stopped::StillServing`] says so.
     pub fn stop(mut self, mut wait: Duration) -> Stopped {
         if let Err(source) = self.unmounter.unmount() {
             // Already unmounted from outside is fine; a busy mount is detached.

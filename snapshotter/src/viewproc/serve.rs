@@ -65,8 +65,11 @@ pub enum ServeError {
 }
 
 /// How long serving may take to end after an unmount before the server
-/// treats the view as used elsewhere.
-const UNMOUNT_WAIT: Duration = Duration::from_secs(2);
+/// treats the view as used elsewhere. Serving ends within milliseconds of an
+/// unmount unless something still holds the file system: an overlay (which
+/// keeps a private clone of its lower mounts, so the unmount itself succeeds)
+/// or a mount in another namespace.
+const UNMOUNT_WAIT: Duration = Duration::from_millis(200);
 
 /// How long a new view waits for a journal still held by a view going away.
 const BUSY_WAIT: Duration = Duration::from_secs(3);
