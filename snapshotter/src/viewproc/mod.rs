@@ -73,9 +73,19 @@ impl ServerState {
         }
     }
 
-    /// True while the server runs and its mount is the one mounted here.
+    /// True while the server runs and its mount is the one mounted here. An
+    /// unreadable mount table counts as mounted: a healthy view must never
+    /// be replaced because of a failed read.
     pub fn is_serving(&self) -> bool {
-        self.process.is_alive() && self.mounted_here()
+        self.process.is_alive()
+            && match pare_fs::mountinfo::read() {
+                Ok(mounts) => mounts
+                    .iter()
+                    .rev()
+                    .find(|m| m.mount_point == self.mountpoint)
+                    .is_some_and(|m| m.major == 0 && m.minor == self.connection),
+                Err(_) => true,
+            }
     }
 
     /// True when this server's connection is what is mounted at the mountpoint.
