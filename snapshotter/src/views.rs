@@ -270,7 +270,6 @@ impl<M: ViewMounter> Views<M> {
                 return Ok(handle);
             }
         }
-        crate::viewproc::detach_if_mounted(&spec.mountpoint);
         std::fs::create_dir_all(&spec.mountpoint)
             .map_err(|e| MountError::Spawn(format!("{}: {e}", spec.mountpoint.display())))?;
         let handle = self.mounter.mount(spec)?;

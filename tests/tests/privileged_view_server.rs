@@ -49,6 +49,33 @@ fn gone(state: &ServerState) -> bool {
     !state.process.is_alive() && pare_fs::mountinfo::mount_at(&state.mountpoint).is_none()
 }
 
+/// A view served by a real `serve-view` process in a scratch directory,
+/// detached when dropped.
+struct Served {
+    scratch: Scratch,
+    spec: ViewSpec,
+    mounter: ProcessMounter,
+    state: ServerState,
+    _cleanup: Detach,
+}
+
+impl Served {
+    fn start() -> Result<Served> {
+        let scratch = Scratch::new()?;
+        let spec = spec(scratch.path())?;
+        let cleanup = Detach(spec.mountpoint.clone());
+        let mounter = mounter(&snapshotter_bin(), Duration::from_secs(10));
+        let state = mounter.mount(&spec)?;
+        Ok(Served {
+            scratch,
+            spec,
+            mounter,
+            state,
+            _cleanup: cleanup,
+        })
+    }
+}
+
 /// Detaches a test's own mount when dropped.
 struct Detach(PathBuf);
 
@@ -66,11 +93,8 @@ fn privileged_a_hung_view_server_is_aborted_within_the_stop_timeout() -> Result<
     ) {
         return Ok(());
     }
-    let scratch = Scratch::new()?;
-    let spec = spec(scratch.path())?;
-    let _cleanup = Detach(spec.mountpoint.clone());
-    let m = mounter(&snapshotter_bin(), Duration::from_secs(10));
-    let state = m.mount(&spec)?;
+    let served = Served::start()?;
+    let (spec, m, state) = (&served.spec, &served.mounter, served.state.clone());
     ensure!(m.is_serving(&state), "the view serves");
     ensure!(std::fs::read_to_string(spec.mountpoint.join("hello"))? == "hello\n");
     // The server stops answering anything, SIGTERM included.
@@ -107,16 +131,13 @@ fn privileged_a_view_in_use_detaches_at_once_and_serves_until_its_user_goes() ->
     ) {
         return Ok(());
     }
-    let scratch = Scratch::new()?;
-    let spec = spec(scratch.path())?;
-    let _cleanup = Detach(spec.mountpoint.clone());
-    let m = mounter(&snapshotter_bin(), Duration::from_secs(10));
-    let state = m.mount(&spec)?;
+    let served = Served::start()?;
+    let (spec, m, state) = (&served.spec, &served.mounter, served.state.clone());
     // A container's overlay on the view.
     let (upper, work, merged) = (
-        scratch.path().join("upper"),
-        scratch.path().join("work"),
-        scratch.path().join("merged"),
+        served.scratch.path().join("upper"),
+        served.scratch.path().join("work"),
+        served.scratch.path().join("merged"),
     );
     for d in [&upper, &work, &merged] {
         std::fs::create_dir_all(d)?;
@@ -157,7 +178,7 @@ fn privileged_a_view_in_use_detaches_at_once_and_serves_until_its_user_goes() ->
     );
     // A new view of the same image can start meanwhile: the mountpoint and
     // the profile are free.
-    let next = m.mount(&spec)?;
+    let next = m.mount(spec)?;
     ensure!(next.process != state.process);
     // The overlay goes: the old server exits by itself.
     drop(overlay);

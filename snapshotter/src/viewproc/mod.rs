@@ -169,6 +169,8 @@ impl ViewMounter for ProcessMounter {
     type Handle = ServerState;
 
     fn mount(&self, spec: &ViewSpec) -> Result<ServerState, MountError> {
+        // Whatever is left at the mountpoint is stale: this view is not adopted.
+        detach_if_mounted(&spec.mountpoint);
         let mut child = self
             .command(spec)
             .spawn()
