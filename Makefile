@@ -32,6 +32,6 @@ bench: setup
 	$(CARGO) build --release --workspace
 	$(CARGO) run --release -p pare-benches --bin view
 
-lint:
+lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -7,8 +7,10 @@
 //!   first access of every kind to every path.
 //! - [`profile`] journals those accesses (append-only, crash tolerant) and reads
 //!   journals back.
+//! - [`id`] names image content: digests, chain IDs, profile paths.
 //! - [`mountinfo`] reads the mount table (the one parser of it).
 
+pub mod id;
 pub mod layers;
 pub mod mountinfo;
 pub mod profile;
