@@ -73,7 +73,7 @@ fn merge_follows_overlayfs_rules() {
         ("dwd", "dir@0", vec![0, 1]), // whiteout below a dir stops the merge
         ("dfd", "dir@0", vec![0, 1]), // a file below a dir stops the merge
         ("fdd", "file@0", vec![0]),   // a file replaces lower dirs
-        ("dfd", "dir@0", vec![0, 1]),
+        ("ddf", "dir@0,1", vec![0, 1, 2]), // a file ends a merge, dirs above it stay
         ("-df", "dir@1", vec![0, 1, 2]), // dir over file: file ignored
     ];
     for (spec, want, want_asked) in cases {

@@ -1,206 +1,28 @@
 //! The FUSE operations of the view. Everything is read-only; every answer the
 //! kernel may cache is given the view's long TTL.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
 };
 
-use super::inodes::{DirEntry, Inodes, Node, file_type};
-use super::{ReadMode, View, ViewOptions};
-use crate::layers::{LayerIdx, LayerStack, Resolved, xattr};
-use crate::profile::{AccessKind, RecorderHandle};
+use super::ReadMode;
+use super::passthrough::Refused;
+use super::pread;
+use super::viewfs::{ViewFs, io_errno};
+use crate::layers::{LayerIdx, Resolved, xattr};
+use crate::profile::AccessKind;
 
 /// `__FMODE_EXEC`: the kernel sets it in the open flags of `execve(2)`.
 const FMODE_EXEC: i32 = 0x20;
 
 /// Offsets of `.` and `..` in a listing; real entries follow.
 const FIRST_ENTRY_OFFSET: u64 = 2;
-
-pub(crate) struct ViewFs {
-    stack: LayerStack,
-    recorder: Option<RecorderHandle>,
-    inodes: Inodes,
-    handles: RwLock<HashMap<u64, Arc<File>>>,
-    next_fh: AtomicU64,
-    ttl: Duration,
-    read_mode: ReadMode,
-    passthrough: bool,
-    passthrough_failed: AtomicBool,
-    idle_backings: AtomicUsize,
-    namelen: u64,
-}
-
-/// Most idle passthrough backing files kept registered with the kernel.
-const MAX_IDLE_BACKINGS: usize = 4096;
-
-impl ViewFs {
-    pub(crate) fn new(view: View, opts: &ViewOptions) -> std::io::Result<ViewFs> {
-        let inodes = Inodes::new(view.stack.resolve_root()?);
-        let mut namelen = 255;
-        for i in 0..view.stack.len() {
-            let st = rustix::fs::statfs(view.stack.root(LayerIdx(i as u16)))?;
-            namelen = namelen.max(st.f_namelen as u64);
-        }
-        Ok(ViewFs {
-            stack: view.stack,
-            recorder: view.recorder,
-            inodes,
-            handles: RwLock::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
-            ttl: opts.ttl,
-            read_mode: opts.read_mode,
-            passthrough: false,
-            passthrough_failed: AtomicBool::new(false),
-            idle_backings: AtomicUsize::new(0),
-            namelen,
-        })
-    }
-
-    /// The count of live nodes, kept up to date while the view serves.
-    pub(crate) fn live_nodes(&self) -> Arc<AtomicUsize> {
-        self.inodes.live()
-    }
-
-    fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
-        self.inodes.get(ino).ok_or(Errno::ESTALE)
-    }
-
-    fn record(&self, node: &Node, kind: AccessKind) {
-        if let Some(recorder) = &self.recorder {
-            if node.claim(kind) {
-                recorder.record(&node.rel, kind);
-            }
-        }
-    }
-
-    fn record_lookup(&self, parent: &Node, name: &OsStr, child: &Node) {
-        let Some(recorder) = &self.recorder else {
-            return;
-        };
-        if child.has_several_names() {
-            // Other names of a hardlink group are paths of their own; the
-            // writer drops repeats.
-            let rel: Arc<Path> = Arc::from(parent.rel.join(name));
-            recorder.record(&rel, AccessKind::Lookup);
-        } else if child.claim(AccessKind::Lookup) {
-            recorder.record(&child.rel, AccessKind::Lookup);
-        }
-    }
-
-    fn listing(&self, dir: &Node, ino: INodeNo) -> Result<Arc<Vec<DirEntry>>, Errno> {
-        if let Some(listing) = dir.listing.get() {
-            return Ok(listing.clone());
-        }
-        let Resolved::Dir { layers, .. } = &dir.resolved else {
-            return Err(Errno::ENOTDIR);
-        };
-        let children = self.stack.read_dir(&dir.rel, layers).map_err(io_errno)?;
-        // Numbers only: a child's node is made when the kernel looks it up,
-        // and dropped when the kernel forgets it.
-        let numbers = self.inodes.numbers(ino, &children);
-        let entries = children
-            .into_iter()
-            .zip(numbers)
-            .map(|((name, resolved), ino)| DirEntry {
-                name,
-                ino,
-                kind: file_type(resolved.meta().kind),
-            })
-            .collect();
-        Ok(dir.listing.get_or_init(|| Arc::new(entries)).clone())
-    }
-
-    fn open_layer_file(&self, node: &Node) -> std::io::Result<File> {
-        let path = self.stack.host_path(node.resolved.top_layer(), &node.rel);
-        let open = |flags| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(flags)
-                .open(&path)
-        };
-        // O_NOATIME keeps the layer's atimes as the image has them.
-        match open(libc::O_NOATIME | libc::O_NOFOLLOW) {
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(libc::O_NOFOLLOW),
-            other => other,
-        }
-    }
-
-    fn open_passthrough(&self, node: &Node, reply: ReplyOpen) -> Result<(), (ReplyOpen, Errno)> {
-        let mut backing = node.backing.lock().expect("backing lock");
-        if let Some((id, count)) = backing.as_mut() {
-            if *count == 0 {
-                self.idle_backings.fetch_sub(1, Ordering::Relaxed);
-            }
-            *count += 1;
-            reply.opened_passthrough(FileHandle(0), FopenFlags::FOPEN_NOFLUSH, id);
-            return Ok(());
-        }
-        let file = match self.open_layer_file(node) {
-            Ok(file) => file,
-            Err(e) => return Err((reply, io_errno(e))),
-        };
-        match reply.open_backing(&file) {
-            Ok(id) => {
-                reply.opened_passthrough(FileHandle(0), FopenFlags::FOPEN_NOFLUSH, &id);
-                *backing = Some((id, 1));
-                Ok(())
-            }
-            Err(e) => {
-                if !self.passthrough_failed.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        path = %node.rel.display(),
-                        error = %e,
-                        "FUSE passthrough refused for a backing file; serving such files with pread"
-                    );
-                }
-                Err((reply, Errno::EAGAIN))
-            }
-        }
-    }
-
-    /// Claims a slot for one more idle backing file; false when all are taken.
-    fn keep_idle_backing(&self) -> bool {
-        self.idle_backings
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < MAX_IDLE_BACKINGS).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    fn open_pread(&self, node: &Node, reply: ReplyOpen) {
-        match self.open_layer_file(node) {
-            Ok(file) => {
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.handles
-                    .write()
-                    .expect("handles lock")
-                    .insert(fh, Arc::new(file));
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-                );
-            }
-            Err(e) => reply.error(io_errno(e)),
-        }
-    }
-}
-
-fn io_errno(e: std::io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
-}
 
 impl Filesystem for ViewFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -223,9 +45,9 @@ impl Filesystem for ViewFs {
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
-            self.passthrough = true;
+            self.passthrough.enable();
         }
-        if self.passthrough {
+        if self.passthrough.is_on() {
             tracing::info!("file reads use FUSE passthrough");
         } else if self.read_mode == ReadMode::Pread {
             tracing::info!("file reads use pread (passthrough turned off)");
@@ -270,12 +92,7 @@ impl Filesystem for ViewFs {
             return;
         };
         tracing::trace!(path = %node.rel.display(), "forgotten");
-        // The kernel sends RELEASE before it forgets an inode, so a backing
-        // file still registered is an idle one: close it outside the table lock.
-        let backing = node.backing.lock().expect("backing lock").take();
-        if let Some((_, 0)) = backing {
-            self.idle_backings.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.passthrough.forget(&node);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -317,16 +134,17 @@ impl Filesystem for ViewFs {
         };
         self.record(&node, kind);
         tracing::trace!(path = %node.rel.display(), %kind, "open");
-        let reply = if self.passthrough && !self.passthrough_failed.load(Ordering::Relaxed) {
-            match self.open_passthrough(&node, reply) {
+        let reply = if self.passthrough.is_on() {
+            let open = || pread::open_layer_file(&self.host_path(&node));
+            match self.passthrough.open(&node, open, reply) {
                 Ok(()) => return,
-                Err((reply, Errno::EAGAIN)) => reply,
-                Err((reply, e)) => return reply.error(e),
+                Err(Refused::UsePread(reply)) => reply,
+                Err(Refused::Failed(reply, e)) => return reply.error(io_errno(e)),
             }
         } else {
             reply
         };
-        self.open_pread(&node, reply);
+        self.pread.open(&self.host_path(&node), reply);
     }
 
     fn read(
@@ -340,26 +158,13 @@ impl Filesystem for ViewFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let file = self
-            .handles
-            .read()
-            .expect("handles lock")
-            .get(&fh.0)
-            .cloned();
-        let Some(file) = file else {
+        let Some(file) = self.pread.get(fh) else {
             return reply.error(Errno::EBADF);
         };
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return reply.error(io_errno(e)),
-            }
+        match pread::read_at(&file, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(io_errno(e)),
         }
-        reply.data(&buf[..filled]);
     }
 
     fn flush(
@@ -402,18 +207,10 @@ impl Filesystem for ViewFs {
     ) {
         if fh.0 == 0 {
             if let Ok(node) = self.node(ino) {
-                let mut backing = node.backing.lock().expect("backing lock");
-                if let Some((_, count)) = backing.as_mut() {
-                    *count -= 1;
-                    // Keep a bounded number of idle backing files registered, so
-                    // that reopening a file costs no open(2) and no ioctls.
-                    if *count == 0 && !self.keep_idle_backing() {
-                        *backing = None;
-                    }
-                }
+                self.passthrough.release(&node);
             }
         } else {
-            self.handles.write().expect("handles lock").remove(&fh.0);
+            self.pread.remove(fh);
         }
         reply.ok();
     }
@@ -517,17 +314,7 @@ impl Filesystem for ViewFs {
     }
 }
 
-impl ViewFs {
-    fn xattrs<'a>(&self, node: &'a Node) -> Result<&'a [(std::ffi::OsString, Vec<u8>)], Errno> {
-        if let Some(x) = node.xattrs.get() {
-            return Ok(x);
-        }
-        let path = self.stack.host_path(node.resolved.top_layer(), &node.rel);
-        let x = xattr::visible(&path).map_err(io_errno)?;
-        Ok(node.xattrs.get_or_init(|| x))
-    }
-}
-
+/// Answers an xattr request of `size` bytes (0: only the size) with `data`.
 fn reply_sized(reply: ReplyXattr, size: u32, data: &[u8]) {
     if size == 0 {
         reply.size(data.len() as u32);

@@ -4,6 +4,9 @@
 mod fuse;
 mod inodes;
 mod mount;
+mod passthrough;
+mod pread;
+mod viewfs;
 
 use std::time::Duration;
 
@@ -21,10 +24,21 @@ pub enum ReadMode {
     Pread,
 }
 
+/// Serving threads a view gets unless told otherwise: one per CPU the process
+/// may use, clamped to 2..=8. At least 2, so one slow request does not hold up
+/// the others; at most 8, since a host serves many views at once. 2 when the
+/// CPU count cannot be read.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get().clamp(2, 8))
+        .unwrap_or(2)
+}
+
 /// Settings of one view.
 #[derive(Clone, Debug)]
 pub struct ViewOptions {
-    /// Serving threads (each with its own cloned `/dev/fuse` descriptor).
+    /// Serving threads (each with its own cloned `/dev/fuse` descriptor);
+    /// [`default_threads`] unless set.
     pub threads: usize,
     /// How file reads are served.
     pub read_mode: ReadMode,
@@ -38,9 +52,7 @@ pub struct ViewOptions {
 impl Default for ViewOptions {
     fn default() -> Self {
         ViewOptions {
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get().clamp(2, 8))
-                .unwrap_or(2),
+            threads: default_threads(),
             read_mode: ReadMode::Auto,
             ttl: Duration::from_secs(365 * 24 * 3600),
             fsname: "pare".into(),
@@ -58,5 +70,18 @@ impl View {
     /// A view of `stack`; accesses go to `recorder` when there is one.
     pub fn new(stack: LayerStack, recorder: Option<RecorderHandle>) -> View {
         View { stack, recorder }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ViewOptions, default_threads};
+
+    #[test]
+    fn views_default_to_the_documented_thread_count() {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+        assert_eq!(default_threads(), cpus);
+        assert!((2..=8).contains(&default_threads()));
+        assert_eq!(ViewOptions::default().threads, default_threads());
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 
-use super::fuse::ViewFs;
+use super::viewfs::ViewFs;
 use super::{View, ViewOptions};
 
 /// Why a view could not be mounted or served.

@@ -1,0 +1,130 @@
+//! The state of a serving view and the helpers its FUSE operations share:
+//! nodes by number, access recording, listings and xattrs read once.
+
+use std::ffi::{OsStr, OsString};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use fuser::{Errno, INodeNo};
+
+use super::inodes::{DirEntry, Inodes, Node, file_type};
+use super::passthrough::Passthrough;
+use super::pread::PreadFiles;
+use super::{ReadMode, View, ViewOptions};
+use crate::layers::{LayerIdx, LayerStack, Resolved, xattr};
+use crate::profile::{AccessKind, RecorderHandle};
+
+/// A view as its FUSE operations serve it ([`super::fuse`] has them).
+pub(crate) struct ViewFs {
+    pub(super) stack: LayerStack,
+    recorder: Option<RecorderHandle>,
+    pub(super) inodes: Inodes,
+    /// Files opened for `pread`.
+    pub(super) pread: PreadFiles,
+    /// Backing files of passthrough opens.
+    pub(super) passthrough: Passthrough,
+    pub(super) ttl: Duration,
+    pub(super) read_mode: ReadMode,
+    /// Longest name any layer's file system takes (reported by statfs).
+    pub(super) namelen: u64,
+}
+
+impl ViewFs {
+    pub(crate) fn new(view: View, opts: &ViewOptions) -> std::io::Result<ViewFs> {
+        let inodes = Inodes::new(view.stack.resolve_root()?);
+        let mut namelen = 255;
+        for i in 0..view.stack.len() {
+            let st = rustix::fs::statfs(view.stack.root(LayerIdx(i as u16)))?;
+            namelen = namelen.max(st.f_namelen as u64);
+        }
+        Ok(ViewFs {
+            stack: view.stack,
+            recorder: view.recorder,
+            inodes,
+            pread: PreadFiles::new(),
+            passthrough: Passthrough::new(),
+            ttl: opts.ttl,
+            read_mode: opts.read_mode,
+            namelen,
+        })
+    }
+
+    /// The count of live nodes, kept up to date while the view serves.
+    pub(crate) fn live_nodes(&self) -> Arc<AtomicUsize> {
+        self.inodes.live()
+    }
+
+    /// The live node numbered `ino`; `ESTALE` for a number the kernel gave back.
+    pub(super) fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
+        self.inodes.get(ino).ok_or(Errno::ESTALE)
+    }
+
+    /// Reports a `kind` access of `node`, the first time only.
+    pub(super) fn record(&self, node: &Node, kind: AccessKind) {
+        if let Some(recorder) = &self.recorder {
+            if node.claim(kind) {
+                recorder.record(&node.rel, kind);
+            }
+        }
+    }
+
+    /// Reports the lookup of `child` as `name` in `parent`.
+    pub(super) fn record_lookup(&self, parent: &Node, name: &OsStr, child: &Node) {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        if child.has_several_names() {
+            // Other names of a hardlink group are paths of their own; the
+            // writer drops repeats.
+            let rel: Arc<Path> = Arc::from(parent.rel.join(name));
+            recorder.record(&rel, AccessKind::Lookup);
+        } else if child.claim(AccessKind::Lookup) {
+            recorder.record(&child.rel, AccessKind::Lookup);
+        }
+    }
+
+    /// The merged listing of the directory `dir` (numbered `ino`), read once.
+    pub(super) fn listing(&self, dir: &Node, ino: INodeNo) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        if let Some(listing) = dir.listing.get() {
+            return Ok(listing.clone());
+        }
+        let Resolved::Dir { layers, .. } = &dir.resolved else {
+            return Err(Errno::ENOTDIR);
+        };
+        let children = self.stack.read_dir(&dir.rel, layers).map_err(io_errno)?;
+        // Numbers only: a child's node is made when the kernel looks it up,
+        // and dropped when the kernel forgets it.
+        let numbers = self.inodes.numbers(ino, &children);
+        let entries = children
+            .into_iter()
+            .zip(numbers)
+            .map(|((name, resolved), ino)| DirEntry {
+                name,
+                ino,
+                kind: file_type(resolved.meta().kind),
+            })
+            .collect();
+        Ok(dir.listing.get_or_init(|| Arc::new(entries)).clone())
+    }
+
+    /// The xattrs of `node` the view shows, read once.
+    pub(super) fn xattrs<'a>(&self, node: &'a Node) -> Result<&'a [(OsString, Vec<u8>)], Errno> {
+        if let Some(x) = node.xattrs.get() {
+            return Ok(x);
+        }
+        let x = xattr::visible(&self.host_path(node)).map_err(io_errno)?;
+        Ok(node.xattrs.get_or_init(|| x))
+    }
+
+    /// Where the content of `node` lives on the host.
+    pub(super) fn host_path(&self, node: &Node) -> std::path::PathBuf {
+        self.stack.host_path(node.resolved.top_layer(), &node.rel)
+    }
+}
+
+/// The FUSE error for an I/O error (`EIO` when it has no OS code).
+pub(super) fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
