@@ -5,6 +5,8 @@ use std::path::Path;
 
 use super::*;
 
+mod props;
+
 fn meta(kind: Kind, ino: u64) -> Meta {
     Meta::for_test(kind, 0o755, ino, 1)
 }

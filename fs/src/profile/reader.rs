@@ -254,3 +254,6 @@ mod tests {
         assert_eq!(profile.header.created_unix_ns, u64::MAX);
     }
 }
+
+#[cfg(test)]
+mod props;
