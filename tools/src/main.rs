@@ -1,4 +1,9 @@
-//! `pare`: mount a profiling view of image layers and inspect profiles.
+//! `pare`: the command line. `mount` serves a profiling view of layer
+//! directories, `compact` builds the minimized image of an image from its
+//! layers and profile, `report` compares an image with its minimized one, and
+//! `profile` shows, lists and merges profiles. This file parses the arguments,
+//! sets up logging and prints errors; the subcommands are in `cmd/`, their
+//! logic in the `pare_tools` library.
 
 mod cmd;
 mod logging;

@@ -26,6 +26,7 @@ use pare_fs::profile::ImagePath;
 
 use super::tree::ImageTree;
 
+pub mod status;
 #[cfg(test)]
 mod tests;
 
@@ -94,7 +95,8 @@ pub struct Package {
     pub text: Vec<u8>,
     /// 1-based line of the paragraph in the status file.
     pub line: usize,
-    /// Its `.list` file, when it has one.
+    /// Its `.list` file, when it has one (found by [`load`], not by the
+    /// status parser).
     pub list: Option<ImagePath>,
     /// Its `.md5sums` file, when it has one.
     pub md5sums: Option<ImagePath>,
@@ -111,6 +113,11 @@ impl Package {
             (Some(arch), true) => format!("{}:{arch}", self.name),
             _ => self.name.clone(),
         }
+    }
+
+    /// Installed size in bytes (`Installed-Size` is in KiB; 0 when absent).
+    pub fn installed_bytes(&self) -> u64 {
+        self.installed_size_kib.unwrap_or(0).saturating_mul(1024)
     }
 }
 
@@ -147,7 +154,10 @@ pub fn load(tree: &ImageTree) -> Result<Option<Dpkg>, DpkgError> {
         return Ok(None);
     };
     let bytes = tree.read(&resolved).map_err(io_err(&resolved))?;
-    let (prefix, mut packages) = parse_status(&resolved, &bytes)?;
+    let status::Status {
+        prefix,
+        mut packages,
+    } = status::parse(&resolved, &bytes)?;
     for pkg in &mut packages {
         let stems = match (&pkg.arch, pkg.multi_arch_same) {
             (Some(arch), true) => [format!("{}:{arch}", pkg.name), pkg.name.clone()],
@@ -175,10 +185,7 @@ impl Dpkg {
         self.packages
             .iter()
             .filter(|p| p.installed)
-            .map(|p| {
-                let kib = p.installed_size_kib.unwrap_or(0);
-                (p.id(), kib.saturating_mul(1024))
-            })
+            .map(|p| (p.id(), p.installed_bytes()))
             .collect()
     }
 
@@ -241,96 +248,6 @@ fn info_file(
         }
     }
     Ok(None)
-}
-
-/// Splits the status file into paragraphs with their fields.
-fn parse_status(path: &ImagePath, bytes: &[u8]) -> Result<(Vec<u8>, Vec<Package>), DpkgError> {
-    // (start, end of text, first line) of each paragraph.
-    let mut spans: Vec<(usize, usize, usize)> = Vec::new();
-    let mut open: Option<(usize, usize)> = None;
-    let mut at = 0;
-    for (i, line) in bytes.split_inclusive(|b| *b == b'\n').enumerate() {
-        let blank = line.iter().all(|b| b" \t\r\n".contains(b));
-        match (blank, open) {
-            (true, Some((start, first))) => {
-                spans.push((start, at, first));
-                open = None;
-            }
-            (false, None) => open = Some((at, i + 1)),
-            _ => {}
-        }
-        at += line.len();
-    }
-    if let Some((start, first)) = open {
-        spans.push((start, bytes.len(), first));
-    }
-    let prefix = bytes[..spans.first().map_or(bytes.len(), |s| s.0)].to_vec();
-    let mut packages = Vec::with_capacity(spans.len());
-    for (n, &(start, end, first)) in spans.iter().enumerate() {
-        let chunk_end = spans.get(n + 1).map_or(bytes.len(), |s| s.0);
-        let mut pkg = parse_paragraph(path, &bytes[start..end], first)?;
-        pkg.text = bytes[start..chunk_end].to_vec();
-        packages.push(pkg);
-    }
-    Ok((prefix, packages))
-}
-
-fn parse_paragraph(path: &ImagePath, text: &[u8], first: usize) -> Result<Package, DpkgError> {
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for (i, line) in text.split(|b| *b == b'\n').enumerate() {
-        let malformed = |reason: &str| DpkgError::Malformed {
-            path: path.clone(),
-            line: first + i,
-            reason: reason.to_string(),
-        };
-        if line.is_empty() {
-            continue; // the final newline
-        }
-        if line.starts_with(b" ") || line.starts_with(b"\t") {
-            if fields.is_empty() {
-                return Err(malformed("continuation line before any field"));
-            }
-            continue; // multi-line values are not needed here
-        }
-        let colon = line
-            .iter()
-            .position(|b| *b == b':')
-            .ok_or_else(|| malformed("expected `Field: value`"))?;
-        let name = String::from_utf8_lossy(&line[..colon]).into_owned();
-        if name.is_empty() || name.contains(char::is_whitespace) {
-            return Err(malformed("expected `Field: value`"));
-        }
-        let value = String::from_utf8_lossy(&line[colon + 1..])
-            .trim()
-            .to_string();
-        fields.push((name, value));
-    }
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
-    let missing = |field| DpkgError::MissingField {
-        path: path.clone(),
-        line: first,
-        field,
-    };
-    let name = field("Package").ok_or_else(|| missing("Package"))?;
-    let status = field("Status").ok_or_else(|| missing("Status"))?;
-    let state = status.split_whitespace().last().unwrap_or_default();
-    Ok(Package {
-        name: name.to_string(),
-        arch: field("Architecture").map(str::to_string),
-        multi_arch_same: field("Multi-Arch").is_some_and(|v| v.eq_ignore_ascii_case("same")),
-        installed: matches!(state, "installed" | "triggers-awaited" | "triggers-pending"),
-        installed_size_kib: field("Installed-Size").and_then(|v| v.parse().ok()),
-        text: Vec::new(),
-        line: first,
-        list: None,
-        md5sums: None,
-        files: Vec::new(),
-    })
 }
 
 /// Non-directory entries of a `.list` file present in the image.

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pare_fs::layers::{Kind, LayerStack, Resolved, xattr};
 use pare_fs::profile::ImagePath;
@@ -57,19 +57,7 @@ impl ImageTree {
                 format!("{path} is not a regular file"),
             ));
         }
-        let root: OwnedFd = rustix::fs::open(
-            self.stack.root(layer),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let fd = rustix::fs::openat2(
-            &root,
-            path.rel(),
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )?;
-        Ok(File::from(fd))
+        open_beneath(self.stack.root(layer), path.rel())
     }
 
     /// Content of the regular file `path`, whole: for what is parsed (package
@@ -175,7 +163,28 @@ impl ImageTree {
     }
 }
 
-fn components(path: &std::path::Path) -> Vec<OsString> {
+/// Opens `rel` for reading beneath the directory `root`. The kernel checks
+/// the whole path at the moment of the open, whatever was resolved before:
+/// a symlink anywhere on the way (even one swapped in for a file or a
+/// directory since) is refused with `ELOOP`, and a `..` or absolute path
+/// leaving `root` with `EXDEV`.
+pub(crate) fn open_beneath(root: &Path, rel: &Path) -> io::Result<File> {
+    let root: OwnedFd = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let fd = rustix::fs::openat2(
+        &root,
+        rel,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )?;
+    Ok(File::from(fd))
+}
+
+fn components(path: &Path) -> Vec<OsString> {
     use std::path::Component;
     path.components()
         .filter_map(|c| match c {
@@ -256,5 +265,100 @@ mod tests {
             .collect();
         assert!(all.contains(&"/usr/bin/python3".to_string()));
         assert_eq!(all[0], "/");
+    }
+
+    /// A layer directory beside a file outside it, as the image was planned:
+    /// `usr/bin/tool` and `etc/passwd` regular files.
+    fn planned() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("layer");
+        for d in ["usr/bin", "etc", "data"] {
+            std::fs::create_dir_all(layer.join(d)).unwrap();
+        }
+        std::fs::write(layer.join("usr/bin/tool"), "tool").unwrap();
+        std::fs::write(layer.join("etc/passwd"), "image passwd").unwrap();
+        std::fs::write(layer.join("data/file"), "data").unwrap();
+        std::fs::write(dir.path().join("outside"), "host secret").unwrap();
+        (dir, layer)
+    }
+
+    /// Replaces the file or directory `rel` of `layer` by a symlink to `target`.
+    fn swap(layer: &Path, rel: &str, target: &str) {
+        let at = layer.join(rel);
+        if at.is_dir() {
+            std::fs::remove_dir_all(&at).unwrap();
+        } else {
+            std::fs::remove_file(&at).unwrap();
+        }
+        symlink(target, at).unwrap();
+    }
+
+    #[test]
+    fn open_beneath_refuses_symlinks_and_escapes_the_kernel_meets() {
+        let (_d, layer) = planned();
+        let read = |rel: &str| -> Result<String, i32> {
+            let mut out = String::new();
+            match open_beneath(&layer, Path::new(rel)) {
+                Ok(mut f) => {
+                    std::io::Read::read_to_string(&mut f, &mut out).unwrap();
+                    Ok(out)
+                }
+                Err(e) => Err(e.raw_os_error().expect("an OS error")),
+            }
+        };
+        assert_eq!(read("usr/bin/tool"), Ok("tool".into()));
+        let planned = ImageTree::new(LayerStack::open(vec![layer.clone()]).unwrap());
+        for path in ["/usr/bin/tool", "/etc/passwd", "/data/file"] {
+            let kind = planned.entry(&p(path)).unwrap().map(|r| r.meta().kind);
+            assert_eq!(kind, Some(Kind::File), "{path} as planned");
+        }
+        // What the layers held when the image was planned, swapped since.
+        swap(&layer, "usr/bin/tool", "/etc/passwd");
+        swap(&layer, "etc/passwd", "../usr/bin/tool2");
+        std::fs::write(layer.join("usr/bin/tool2"), "tool2").unwrap();
+        swap(&layer, "data", "/etc");
+        std::fs::create_dir_all(layer.join("lib/real")).unwrap();
+        std::fs::write(layer.join("lib/real/libc.so"), "libc").unwrap();
+        symlink("real", layer.join("lib/alias")).unwrap();
+        let (eloop, exdev) = (libc::ELOOP, libc::EXDEV);
+        for (rel, want, why) in [
+            (
+                "usr/bin/tool",
+                eloop,
+                "a file swapped for an absolute symlink to the host's /etc/passwd",
+            ),
+            (
+                "etc/passwd",
+                eloop,
+                "a file swapped for a relative symlink inside the layer",
+            ),
+            (
+                "data/passwd",
+                eloop,
+                "a directory swapped for a symlink to the host's /etc",
+            ),
+            (
+                "lib/alias/libc.so",
+                eloop,
+                "an intermediate symlink staying inside the layer",
+            ),
+            ("../outside", exdev, "a `..` component leaving the layer"),
+            (
+                "usr/../../outside",
+                exdev,
+                "a `..` component leaving it from below",
+            ),
+            ("/etc/passwd", exdev, "an absolute path"),
+        ] {
+            // Only the error is shown: a failure must not print host files.
+            assert_eq!(read(rel).err(), Some(want), "{rel}: {why}");
+        }
+        assert_eq!(read("usr/bin/tool2"), Ok("tool2".into()));
+        assert_eq!(
+            read("usr/bin/../bin/tool2"),
+            Ok("tool2".into()),
+            "`..` within the layer"
+        );
+        assert_eq!(read("lib/real/libc.so"), Ok("libc".into()));
     }
 }

@@ -2,56 +2,25 @@
 //! `Status` ends in `installed` (or `triggers-awaited`/`triggers-pending`,
 //! as compaction counts them), with its `Installed-Size` in bytes.
 //!
-//! The report only counts: paragraphs without `Package` or `Status` are
-//! skipped rather than refused, and a missing or non-numeric
-//! `Installed-Size` counts as 0.
+//! The report only counts, so it reads the file with compaction's parser in
+//! its lenient mode ([`parse_lenient`]): lines that are not `Field:
+//! value` and paragraphs without `Package` or `Status` are skipped rather than
+//! refused, and a missing or non-numeric `Installed-Size` counts as 0.
 
 use std::collections::BTreeMap;
 
-/// Where dpkg keeps its database.
-pub const STATUS: &str = "/var/lib/dpkg/status";
+use crate::compact::dpkg::status::parse_lenient;
+
+pub use crate::compact::dpkg::STATUS;
 
 /// Installed packages by id (`name`, or `name:arch` for `Multi-Arch: same`)
 /// with their installed size in bytes.
 pub fn installed(status: &[u8]) -> BTreeMap<String, u64> {
-    let text = String::from_utf8_lossy(status);
-    let mut out = BTreeMap::new();
-    let mut paragraph: Vec<(&str, &str)> = Vec::new();
-    for line in text.lines().chain(std::iter::once("")) {
-        if line.trim().is_empty() {
-            if let Some((id, size)) = package(&paragraph) {
-                out.insert(id, size);
-            }
-            paragraph.clear();
-        } else if !line.starts_with([' ', '\t']) {
-            if let Some((name, value)) = line.split_once(':') {
-                paragraph.push((name.trim(), value.trim()));
-            }
-        }
-    }
-    out
-}
-
-fn package(fields: &[(&str, &str)]) -> Option<(String, u64)> {
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
-    };
-    let name = field("Package").filter(|n| !n.is_empty())?;
-    let state = field("Status")?.split_whitespace().last()?;
-    if !matches!(state, "installed" | "triggers-awaited" | "triggers-pending") {
-        return None;
-    }
-    let kib: u64 = field("Installed-Size")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let id = match (field("Architecture"), field("Multi-Arch")) {
-        (Some(arch), Some(ma)) if ma.eq_ignore_ascii_case("same") => format!("{name}:{arch}"),
-        _ => name.to_string(),
-    };
-    Some((id, kib.saturating_mul(1024)))
+    parse_lenient(status)
+        .into_iter()
+        .filter(|p| p.installed && !p.name.is_empty())
+        .map(|p| (p.id(), p.installed_bytes()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -76,6 +45,14 @@ Package: nosize\nStatus: install ok installed\nInstalled-Size: many";
         ];
         let want: Vec<(String, u64)> = want.iter().map(|(n, s)| (n.to_string(), *s)).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn malformed_lines_are_skipped_not_their_paragraph() {
+        let status = " before any field\nPackage: a\nno colon\nStatus: install ok installed\n\
+Bad Name: x\nInstalled-Size: 3\n";
+        let got: Vec<(String, u64)> = installed(status.as_bytes()).into_iter().collect();
+        assert_eq!(got, [("a".to_string(), 3 * 1024)]);
     }
 
     #[test]
