@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use pare_tools::compact::layer::Compression;
 use pare_tools::compact::plan::Rules;
-use pare_tools::compact::{self, CompactRequest, CompactSummary, Progress};
+use pare_tools::compact::{self, CompactRequest, Progress};
 
 /// Build a minimized image holding only what IMAGE's workload used.
 ///
@@ -89,33 +89,9 @@ pub fn run(args: CompactArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!("{}", summary_line(&summary));
+        println!("{summary}");
     }
     Ok(())
-}
-
-/// The one line `pare compact` prints.
-fn summary_line(s: &CompactSummary) -> String {
-    let destination = match &s.oci_layout {
-        Some(dir) => format!("OCI layout {} ({})", dir.display(), s.image),
-        None => s.image.clone(),
-    };
-    let packages = s.packages.map_or((0, 0), |p| (p.kept, p.total));
-    format!(
-        "{destination}: {} of {} files, {} of {} bytes ({:.1}%), {} of {} packages; layer {} (diff id {}), {} bytes compressed; manifest {}; {:.1} s",
-        s.files.kept,
-        s.files.total,
-        s.file_bytes.kept,
-        s.file_bytes.total,
-        s.file_bytes.percent(),
-        packages.0,
-        packages.1,
-        s.layer_digest,
-        s.layer_diff_id,
-        s.layer_compressed_bytes,
-        s.manifest_digest,
-        s.duration_seconds
-    )
 }
 
 /// The layer's progress bar on a terminal's stderr.
@@ -147,59 +123,5 @@ impl Progress for Bar {
         if let Some(bar) = self.0.get() {
             bar.finish_and_clear();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use pare_fs::id::Digest;
-    use pare_tools::compact::{CompactSummary, KeptOf};
-
-    #[test]
-    fn the_summary_line_names_the_layer_blob_and_its_diff_id() {
-        let digest =
-            |c: char| Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap();
-        let mut summary = CompactSummary {
-            source: "app:v1".into(),
-            image: "app:v1-pare".into(),
-            oci_layout: None,
-            profile: "/var/lib/pare/profiles/sha256:x".into(),
-            manifest_digest: digest('a'),
-            config_digest: digest('b'),
-            layer_digest: digest('c'),
-            layer_diff_id: digest('d'),
-            layer_media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            layer_compressed_bytes: 8742072,
-            layer_uncompressed_bytes: 21990000,
-            files: KeptOf {
-                kept: 218,
-                total: 7422,
-            },
-            file_bytes: KeptOf {
-                kept: 21981111,
-                total: 252813196,
-            },
-            packages: Some(KeptOf {
-                kept: 14,
-                total: 110,
-            }),
-            duration_seconds: 2.24,
-        };
-        let (a, c, d) = (digest('a'), digest('c'), digest('d'));
-        assert_eq!(
-            super::summary_line(&summary),
-            format!(
-                "app:v1-pare: 218 of 7422 files, 21981111 of 252813196 bytes (8.7%), 14 of 110 packages; \
-                 layer {c} (diff id {d}), 8742072 bytes compressed; manifest {a}; 2.2 s"
-            )
-        );
-        summary.oci_layout = Some("/tmp/out".into());
-        summary.packages = None;
-        assert!(
-            super::summary_line(&summary)
-                .starts_with("OCI layout /tmp/out (app:v1-pare): 218 of 7422 files, 21981111 of 252813196 bytes (8.7%), 0 of 0 packages; "),
-            "{}",
-            super::summary_line(&summary)
-        );
     }
 }

@@ -1,6 +1,7 @@
 //! What a compaction made: the minimized image's digests and sizes and what
 //! it kept of the original, as `pare compact --json` prints it.
 
+use std::fmt;
 use std::path::PathBuf;
 
 use pare_fs::id::Digest;
@@ -60,6 +61,34 @@ pub struct CompactSummary {
     pub duration_seconds: f64,
 }
 
+/// The one line `pare compact` prints: what was kept, the layer blob's
+/// digest (what the content store holds) beside its diff id, the manifest.
+impl fmt::Display for CompactSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.oci_layout {
+            Some(dir) => write!(f, "OCI layout {} ({})", dir.display(), self.image)?,
+            None => f.write_str(&self.image)?,
+        }
+        let packages = self.packages.map_or((0, 0), |p| (p.kept, p.total));
+        write!(
+            f,
+            ": {} of {} files, {} of {} bytes ({:.1}%), {} of {} packages; layer {} (diff id {}), {} bytes compressed; manifest {}; {:.1} s",
+            self.files.kept,
+            self.files.total,
+            self.file_bytes.kept,
+            self.file_bytes.total,
+            self.file_bytes.percent(),
+            packages.0,
+            packages.1,
+            self.layer_digest,
+            self.layer_diff_id,
+            self.layer_compressed_bytes,
+            self.manifest_digest,
+            self.duration_seconds
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,9 +97,8 @@ mod tests {
         Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap()
     }
 
-    #[test]
-    fn the_json_names_every_field_and_reads_back() {
-        let summary = CompactSummary {
+    fn summary() -> CompactSummary {
+        CompactSummary {
             source: "app:v1".into(),
             image: "app:v1-pare".into(),
             oci_layout: None,
@@ -85,8 +113,13 @@ mod tests {
             files: KeptOf { kept: 1, total: 2 },
             file_bytes: KeptOf { kept: 3, total: 4 },
             packages: None,
-            duration_seconds: 0.5,
-        };
+            duration_seconds: 2.24,
+        }
+    }
+
+    #[test]
+    fn the_json_names_every_field_and_reads_back() {
+        let summary = summary();
         let json = serde_json::to_value(&summary).unwrap();
         let mut keys: Vec<&str> = json
             .as_object()
@@ -120,6 +153,40 @@ mod tests {
         assert_eq!(json["packages"], serde_json::Value::Null);
         let back: CompactSummary = serde_json::from_value(json).unwrap();
         assert_eq!(back, summary);
+    }
+
+    #[test]
+    fn the_summary_line_names_the_layer_blob_and_its_diff_id() {
+        let mut s = summary();
+        s.files = KeptOf {
+            kept: 218,
+            total: 7422,
+        };
+        s.file_bytes = KeptOf {
+            kept: 21981111,
+            total: 252813196,
+        };
+        s.packages = Some(KeptOf {
+            kept: 14,
+            total: 110,
+        });
+        let (a, c, d) = (digest('a'), digest('c'), digest('d'));
+        assert_eq!(
+            s.to_string(),
+            format!(
+                "app:v1-pare: 218 of 7422 files, 21981111 of 252813196 bytes (8.7%), 14 of 110 packages; \
+                 layer {c} (diff id {d}), 10 bytes compressed; manifest {a}; 2.2 s"
+            )
+        );
+        s.oci_layout = Some("/tmp/out".into());
+        s.packages = None;
+        let line = s.to_string();
+        assert!(
+            line.starts_with(
+                "OCI layout /tmp/out (app:v1-pare): 218 of 7422 files, 21981111 of 252813196 bytes (8.7%), 0 of 0 packages; "
+            ),
+            "{line}"
+        );
     }
 
     #[test]
