@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use pare_tools::compact::CompactSummary;
 
 use crate::containerd::{Containerd, Ctr};
 use crate::debian;
@@ -37,8 +38,8 @@ pub struct AppResult {
     pub image: String,
     /// Minimized image name.
     pub minimized: String,
-    /// `pare compact`'s summary line.
-    pub summary: String,
+    /// What `pare compact --json` made.
+    pub summary: CompactSummary,
     /// The workload's results, original and minimized (equal).
     pub output: String,
     /// Median cold start to ready, ms: original, minimized.
@@ -121,11 +122,11 @@ impl Node<'_> {
         Ok(String::from_utf8(out.stdout)?)
     }
 
-    fn compact(&self, image: &str) -> Result<(String, String)> {
+    fn compact(&self, image: &str) -> Result<(String, CompactSummary)> {
         step(&format!("pare compact {image}"));
-        let summary = self.pare_cmd(&["compact", image])?.trim().to_string();
+        let summary = compact_summary(&self.pare_cmd(&["compact", "--json", image])?)?;
         eprintln!("{summary}");
-        Ok((format!("{image}-pare"), summary))
+        Ok((summary.image.clone(), summary))
     }
 }
 
@@ -251,15 +252,9 @@ fn cold_starts(ctr: &Ctr, images: &[&str], runs: usize) -> Result<Option<(f64, f
     Ok(Some((medians[0], medians[1])))
 }
 
-/// The `KEPT of TOTAL` figures of a `pare compact` summary line, by the label
-/// that follows them (`files,`, `bytes`, `packages;`).
-pub fn figures(summary: &str, label: &str) -> Option<(u64, u64)> {
-    let before = summary.split(&format!(" {label}")).next()?;
-    let mut words = before.rsplit(' ');
-    let total = words.next()?.parse().ok()?;
-    words.next()?; // "of"
-    let kept = words.next()?.parse().ok()?;
-    Some((kept, total))
+/// What `pare compact --json` printed.
+pub fn compact_summary(stdout: &str) -> Result<CompactSummary> {
+    serde_json::from_str(stdout).with_context(|| format!("pare compact --json printed {stdout:?}"))
 }
 
 /// Median of `xs` (sorted in place).
@@ -328,12 +323,7 @@ pub fn default_workdir() -> PathBuf {
 
 /// Removes the work dir unless something is still mounted beneath it.
 pub fn cleanup(workdir: &Path) {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    if info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| Path::new(m).starts_with(workdir))
-    {
+    if !pare_fs::mountinfo::mounts_under(workdir).is_empty() {
         eprintln!(
             "keeping {}: something is still mounted beneath it",
             workdir.display()
@@ -341,17 +331,4 @@ pub fn cleanup(workdir: &Path) {
         return;
     }
     let _ = std::fs::remove_dir_all(workdir);
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn figures_come_from_the_compact_summary_line() {
-        let line = "app:v1-pare: 218 of 7422 files, 21981111 of 252813196 bytes (8.7%), \
-                    14 of 110 packages; layer sha256:ab (8742072 bytes compressed); manifest sha256:cd; 2.2 s";
-        assert_eq!(super::figures(line, "files,"), Some((218, 7422)));
-        assert_eq!(super::figures(line, "bytes"), Some((21981111, 252813196)));
-        assert_eq!(super::figures(line, "packages;"), Some((14, 110)));
-        assert_eq!(super::figures("garbage", "bytes"), None);
-    }
 }

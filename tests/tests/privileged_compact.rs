@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
+use pare_fs::id::Digest;
 use pare_tests::containerd::{Containerd, Ctr};
 use pare_tests::images::harness_image;
 use pare_tests::mounts::Scratch;
 use pare_tests::prereq::{Need, PARE_NODE, pare_bin, privileged};
 use pare_tests::snapshotter::PareSnapshotter;
+use pare_tools::compact::CompactSummary;
 
 const IMAGE: &str = "docker.io/pare-tests/compact:v1";
 const MINIMIZED: &str = "docker.io/pare-tests/compact:v1-pare";
@@ -30,9 +32,11 @@ const WORKLOAD: &str = "cat /data/keep.txt /data/alias/inner.txt /data/opaque/up
 const WALK: &str = "find / -xdev -mindepth 1 \\( -path /proc -o -path /sys -o -path /dev -o -path /run \\) -prune \
     -o \\( -type d -printf '%p %y %m %U:%G %T@\\n' \\) -o -printf '%p %y %m %U:%G %s %T@ %n %l\\n'";
 
-fn compact(node: &Node, extra: &[&str]) -> Result<String> {
+/// `pare compact --json` of IMAGE with `extra` options: what it made.
+fn compact(node: &Node, extra: &[&str]) -> Result<CompactSummary> {
     let out = Command::new(pare_bin())
         .arg("compact")
+        .arg("--json")
         .arg("--address")
         .arg(node.containerd.address())
         .args(["--namespace", "pare-tests", "--root"])
@@ -45,7 +49,87 @@ fn compact(node: &Node, extra: &[&str]) -> Result<String> {
         "pare compact failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Ok(String::from_utf8(out.stdout)?)
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "pare compact --json printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The summary `pare compact --json` printed names what containerd stores:
+/// the image record's manifest, the manifest's config and layer, the layer
+/// blob (compressed: `ctr content get` finds it by the summary's layer
+/// digest) and its tar (uncompressed: the config's diff id), with the sizes
+/// and counts the summary gives.
+fn check_summary_against_store(ctr: &Ctr, summary: &CompactSummary) -> Result<()> {
+    ensure!(summary.source == IMAGE && summary.image == MINIMIZED && summary.oci_layout.is_none());
+    let content = |digest: &Digest| -> Result<Vec<u8>> {
+        let bytes = ctr.ctr(&["content", "get", digest.as_str()])?.stdout;
+        ensure!(
+            Digest::sha256(&bytes) == *digest,
+            "ctr content get {digest} gives other bytes"
+        );
+        Ok(bytes)
+    };
+    let listed = ctr.ctr(&["images", "ls"])?.stdout;
+    let record = String::from_utf8(listed)?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(MINIMIZED)).then(|| f.nth(1).map(String::from))?
+        })
+        .context("ctr images ls lists the minimized image")?;
+    ensure!(
+        record == summary.manifest_digest.as_str(),
+        "the image record points at {record}, the summary names {}",
+        summary.manifest_digest
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&content(&summary.manifest_digest)?)?;
+    ensure!(manifest["config"]["digest"] == summary.config_digest.as_str());
+    ensure!(manifest["layers"][0]["digest"] == summary.layer_digest.as_str());
+    ensure!(manifest["layers"][0]["mediaType"] == summary.layer_media_type.as_str());
+    ensure!(manifest["layers"][0]["size"] == summary.layer_compressed_bytes);
+    let config: serde_json::Value = serde_json::from_slice(&content(&summary.config_digest)?)?;
+    ensure!(config["rootfs"]["diff_ids"] == serde_json::json!([summary.layer_diff_id]));
+
+    let blob = content(&summary.layer_digest)?;
+    ensure!(
+        blob.len() as u64 == summary.layer_compressed_bytes,
+        "layer blob of {} bytes, summary says {}",
+        blob.len(),
+        summary.layer_compressed_bytes
+    );
+    let mut tar_bytes = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&blob[..]), &mut tar_bytes)?;
+    ensure!(tar_bytes.len() as u64 == summary.layer_uncompressed_bytes);
+    ensure!(Digest::sha256(&tar_bytes) == summary.layer_diff_id);
+    let (mut files, mut bytes) = (0, 0);
+    for entry in tar::Archive::new(&tar_bytes[..]).entries()? {
+        let header = entry?.header().clone();
+        match header.entry_type() {
+            tar::EntryType::Directory => {}
+            tar::EntryType::Regular => {
+                files += 1;
+                bytes += header.size()?;
+            }
+            _ => files += 1,
+        }
+    }
+    ensure!(
+        summary.files.kept == files && summary.file_bytes.kept == bytes,
+        "the layer holds {files} files of {bytes} bytes, the summary says {:?} and {:?}",
+        summary.files,
+        summary.file_bytes
+    );
+    ensure!(summary.files.total > summary.files.kept);
+    ensure!(summary.file_bytes.total > summary.file_bytes.kept);
+    ensure!(
+        summary.packages.is_none(),
+        "the image has no dpkg database, yet the summary counts packages: {:?}",
+        summary.packages
+    );
+    Ok(())
 }
 
 struct Node {
@@ -60,10 +144,6 @@ fn walk(ctr: &Ctr, image: &str, id: &str) -> Result<BTreeMap<String, String>> {
         .lines()
         .map(|l| (l.split(' ').next().unwrap_or("").to_string(), l.to_string()))
         .collect())
-}
-
-fn manifest_digest(summary: &str) -> Option<&str> {
-    summary.split("manifest ").nth(1)?.split(';').next()
 }
 
 #[test]
@@ -147,7 +227,10 @@ fn check(node: &Node) -> Result<()> {
         listed.contains(&chain),
         "profile list names {chain}: {listed}"
     );
-    let file = node.pare.root().join("profiles").join(&chain);
+    let file = pare_fs::id::profile_path(
+        node.pare.root(),
+        &pare_fs::id::ChainId::from_snapshot_name(chain.clone()),
+    );
     let merged = node.scratch.path().join("merged.profile");
     pare(&[
         "profile",
@@ -169,11 +252,16 @@ fn check(node: &Node) -> Result<()> {
     );
 
     let summary = compact(node, &[])?;
-    let again = compact(node, &[])?;
-    let digest = manifest_digest(&summary).context("summary names the manifest")?;
     ensure!(
-        Some(digest) == manifest_digest(&again),
-        "compacting twice gives one digest:\n{summary}\n{again}"
+        summary.profile == file,
+        "compacted with {:?}",
+        summary.profile
+    );
+    check_summary_against_store(&ctr, &summary)?;
+    let again = compact(node, &[])?;
+    ensure!(
+        again.manifest_digest == summary.manifest_digest,
+        "compacting twice gives one digest:\n{summary:?}\n{again:?}"
     );
 
     // The minimized image, on the stock snapshotter, runs the workload identically.
@@ -268,7 +356,7 @@ fn check(node: &Node) -> Result<()> {
 
     // The OCI layout output imports with ctr and runs the same.
     let layout = node.scratch.path().join("layout");
-    compact(
+    let written = compact(
         node,
         &[
             "--oci-layout",
@@ -277,6 +365,14 @@ fn check(node: &Node) -> Result<()> {
             "docker.io/pare-tests/compact:layout",
         ],
     )?;
+    ensure!(
+        written.oci_layout.as_deref() == Some(layout.as_path())
+            && written.image == "docker.io/pare-tests/compact:layout"
+            && written.layer_digest == summary.layer_digest,
+        "the layout's summary: {written:?}"
+    );
+    let blob = layout.join("blobs/sha256").join(written.layer_digest.hex());
+    ensure!(std::fs::metadata(&blob)?.len() == written.layer_compressed_bytes);
     let tar = node.scratch.path().join("layout.tar");
     let status = Command::new("tar")
         .arg("-C")

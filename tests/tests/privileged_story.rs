@@ -35,6 +35,17 @@ fn privileged_demo_story_runs_shortened() -> Result<()> {
     };
     let apps = story::run(&opts)?;
     ensure!(apps.len() == 2);
+    for app in &apps {
+        let s = &app.summary;
+        ensure!(
+            s.source == app.image
+                && s.image == format!("{}-pare", app.image)
+                && s.files.kept < s.files.total
+                && s.packages.is_some_and(|p| p.kept < p.total),
+            "pare compact of {}: {s:?}",
+            app.image
+        );
+    }
     ensure!(
         apps[0].output.contains("\"items\""),
         "web answers: {}",
@@ -82,7 +93,7 @@ fn privileged_debian_python_image_shrinks_to_its_workload() -> Result<()> {
     ensure!(out == "imported\n", "under pare: {out:?}");
 
     let compact = std::process::Command::new(pare_bin())
-        .arg("compact")
+        .args(["compact", "--json"])
         .arg("--address")
         .arg(containerd.address())
         .args(["--namespace", "pare-tests", "--root"])
@@ -94,22 +105,24 @@ fn privileged_debian_python_image_shrinks_to_its_workload() -> Result<()> {
         "pare compact: {}",
         String::from_utf8_lossy(&compact.stderr)
     );
-    let summary = String::from_utf8(compact.stdout)?;
+    let summary = story::compact_summary(&String::from_utf8(compact.stdout)?)?;
     eprintln!("{summary}");
-    let out = ctr.run(&format!("{image}-pare"), "minimized", "overlayfs", &cmd)?;
+    ensure!(summary.image == format!("{image}-pare"));
+    let out = ctr.run(&summary.image, "minimized", "overlayfs", &cmd)?;
     ensure!(out == "imported\n", "minimized: {out:?}");
 
-    let figures = |label: &str| -> Result<(f64, f64)> {
-        let (kept, total) =
-            story::figures(&summary, label).with_context(|| format!("{label} in the summary"))?;
-        Ok((kept as f64, total as f64))
-    };
-    let (kept_bytes, all_bytes) = figures("bytes")?;
-    let (kept_pkgs, all_pkgs) = figures("packages;")?;
+    let packages = summary
+        .packages
+        .context("a Debian image has a dpkg database: the summary counts its packages")?;
+    let (kept_bytes, all_bytes) = (
+        summary.file_bytes.kept as f64,
+        summary.file_bytes.total as f64,
+    );
+    let (kept_pkgs, all_pkgs) = (packages.kept as f64, packages.total as f64);
     eprintln!(
         "minimized: {:.1}% of the bytes, {:.1}% of the packages",
-        100.0 * kept_bytes / all_bytes,
-        100.0 * kept_pkgs / all_pkgs
+        summary.file_bytes.percent(),
+        packages.percent()
     );
     ensure!(
         kept_bytes <= 0.15 * all_bytes,

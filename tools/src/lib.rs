@@ -1,5 +1,6 @@
 //! The `pare` tool's library: compaction of an image and its profile into a
-//! minimized image (closure, tar and OCI writers, containerd client).
+//! minimized image ([`compact::compact`]: closure, tar and OCI writers,
+//! containerd client), and the report comparing two images.
 
 pub mod compact;
 pub mod containerd;

@@ -171,7 +171,7 @@ fn prepare(
     eprintln!("pare compact {}", debian::WEB);
     let paths = NodePaths::of(&node);
     let compaction = minimize::compact(&bin_dir.join("pare"), &paths, debian::WEB)?;
-    eprintln!("{}", compaction.line);
+    eprintln!("{}", compaction.summary);
     let locals = [debian::WEB.to_string(), compaction.image.clone()];
     let sizes = [image_size(&ctr, &locals[0])?, image_size(&ctr, &locals[1])?];
 
@@ -233,7 +233,7 @@ impl Report<'_> {
     /// Original file bytes compacted per second of `pare compact` wall time.
     fn throughput(&self) -> f64 {
         let c = &self.prepared.compaction;
-        c.summary.bytes_total as f64 / c.wall.as_secs_f64()
+        c.summary.file_bytes.total as f64 / c.wall.as_secs_f64()
     }
 
     fn print(&self) {
@@ -250,10 +250,10 @@ impl Report<'_> {
             "pare compact: {:.2} s wall, {:.1} MB/s of original file bytes; kept {} of {} files, {:.1} of {:.1} MB",
             c.wall.as_secs_f64(),
             mb(self.throughput() as u64),
-            c.summary.files_kept,
-            c.summary.files_total,
-            mb(c.summary.bytes_kept),
-            mb(c.summary.bytes_total),
+            c.summary.files.kept,
+            c.summary.files.total,
+            mb(c.summary.file_bytes.kept),
+            mb(c.summary.file_bytes.total),
         );
         println!();
         println!(
@@ -324,12 +324,12 @@ impl Report<'_> {
             "compaction": {
                 "wall_s": c.wall.as_secs_f64(),
                 "original_file_bytes_per_s": self.throughput(),
-                "files_kept": c.summary.files_kept,
-                "files_total": c.summary.files_total,
-                "file_bytes_kept": c.summary.bytes_kept,
-                "file_bytes_total": c.summary.bytes_total,
-                "layer_compressed_bytes": c.summary.compressed,
-                "summary": c.line,
+                "files_kept": c.summary.files.kept,
+                "files_total": c.summary.files.total,
+                "file_bytes_kept": c.summary.file_bytes.kept,
+                "file_bytes_total": c.summary.file_bytes.total,
+                "layer_compressed_bytes": c.summary.layer_compressed_bytes,
+                "summary": c.summary.to_string(),
             },
             "images": images,
             "total_speedup_original_over_minimized": self.speedup(),

@@ -130,7 +130,7 @@ fn compact(
 ) -> anyhow::Result<Measured> {
     let measured = run_measured(
         Command::new(pare)
-            .arg("compact")
+            .args(["compact", "--json"])
             .arg("--address")
             .arg(containerd.address())
             .args(["--namespace", NAMESPACE, "--snapshotter", "overlayfs"])
@@ -171,13 +171,9 @@ fn large_image(args: &Args, pare: &Path) -> anyhow::Result<Value> {
         &args.compression,
         scratch.path(),
     )?;
-    let summary = String::from_utf8_lossy(&measured.output.stdout);
-    let compressed: u64 = summary
-        .split(" bytes compressed")
-        .next()
-        .and_then(|s| s.rsplit('(').next())
-        .and_then(|s| s.parse().ok())
-        .context("the summary names the compressed size")?;
+    let compressed =
+        pare_tests::story::compact_summary(&String::from_utf8_lossy(&measured.output.stdout))?
+            .layer_compressed_bytes;
     let seconds = measured.elapsed.as_secs_f64();
     let content_mib = image.content_bytes >> 20;
     Ok(json!({

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use pare_tests::story::{self, AppResult, Options};
+use pare_tools::compact::KeptOf;
 
 fn main() {
     let mut opts = Options {
@@ -46,10 +47,8 @@ fn table(apps: &[AppResult], opts: &Options) {
         "image", "bytes", "files", "packages", "cold start (ms)"
     );
     for app in apps {
-        let cell = |label: &str| match story::figures(&app.summary, label) {
-            Some((kept, total)) => format!("{total} -> {kept}"),
-            None => "?".into(),
-        };
+        let s = &app.summary;
+        let cell = |k: KeptOf| format!("{} -> {}", k.total, k.kept);
         let cold = match app.cold_start_ms {
             Some((a, b)) => format!("{a:.0} -> {b:.0}"),
             None => "-".into(),
@@ -57,9 +56,9 @@ fn table(apps: &[AppResult], opts: &Options) {
         println!(
             "{:<30} {:>22} {:>16} {:>12} {:>22}",
             app.image,
-            cell("bytes"),
-            cell("files,"),
-            cell("packages;"),
+            cell(s.file_bytes),
+            cell(s.files),
+            s.packages.map_or_else(|| "-".into(), cell),
             cold
         );
     }

@@ -5,6 +5,7 @@ mod mount;
 mod profile;
 mod report;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// pare makes container images minimal by watching what they actually use.
@@ -46,6 +47,10 @@ fn image_profile(
 ) -> anyhow::Result<std::path::PathBuf> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    runtime.block_on(compact::profile_of(address, namespace, root, image))
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = pare_tools::containerd::Client::connect(address, namespace).await?;
+        Ok(pare_tools::compact::profile_of(&client, root, image).await?)
+    })
 }

@@ -190,7 +190,7 @@ fn not_a_journal(path: &Path) -> bool {
 }
 
 fn list(root: &Path, json: bool) -> anyhow::Result<()> {
-    let dir = root.join("profiles");
+    let dir = pare_fs::id::profiles_dir(root);
     let mut rows = Vec::new();
     let read = std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
     for entry in read {
