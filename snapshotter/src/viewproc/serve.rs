@@ -31,7 +31,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub profile: Option<PathBuf>,
     /// Serving threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = pare_fs::view::default_threads())]
     pub threads: usize,
     /// Serve reads with pread instead of FUSE passthrough.
     #[arg(long)]
