@@ -109,15 +109,17 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
     /// The file is not valid TOML for this schema.
-    #[error("config {path}: {message}")]
+    #[error("config {path}: {source}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message.
-        message: String,
+        /// The parser's error.
+        #[source]
+        source: toml::de::Error,
     },
     /// A value is out of range.
     #[error("config: {0}")]
@@ -131,9 +133,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source,
         })?;
         config.validate()?;
         Ok(config)

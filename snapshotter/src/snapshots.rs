@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use pare_fs::id::ChainId;
+
 use crate::error::{Error, Result};
 use crate::filter::{Fields, Filter};
 use crate::mounts::{self, MountSpec};
@@ -100,7 +102,7 @@ impl<M: ViewMounter> Snapshots<M> {
         let role = if container {
             Role::Container {
                 parent: parent.to_string(),
-                chain: split_key(parent).1.to_string(),
+                chain: ChainId::from_snapshot_name(split_key(parent).1),
                 profiled: true,
             }
         } else {
@@ -263,15 +265,34 @@ impl<M: ViewMounter> Snapshots<M> {
             Ok(current)
         })?;
         if let Role::Container { chain, .. } = &committed.role {
-            if self.views.release(key, chain)? {
-                self.remove_orphans()?;
+            match self.views.release(key, chain) {
+                Ok(true) => {
+                    self.remove_orphans()?;
+                }
+                Ok(false) => {}
+                // The commit stands; the view stays known (its layers
+                // pinned) until a restart finds no container using it.
+                Err(e) => {
+                    tracing::error!(key, error = %e, "cannot stop the view of a committed container")
+                }
             }
         }
         Ok(())
     }
 
-    /// Removes `key` and its directory. Snapshots with children cannot be removed.
+    /// Removes `key` and its directory. Snapshots with children cannot be
+    /// removed. A container's view is let go before its record: when the
+    /// view cannot be stopped the Remove fails and the record stays, so a
+    /// retry stops it.
     pub fn remove(&self, key: &str) -> Result<()> {
+        let found = self
+            .store
+            .get(key)?
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        let mut view_stopped = false;
+        if let Role::Container { chain, .. } = &found.role {
+            view_stopped = self.views.release(key, chain)?;
+        }
         let record = self.store.write(|t| {
             let record = t.must_get(key)?;
             if !t.children(key)?.is_empty() {
@@ -283,13 +304,6 @@ impl<M: ViewMounter> Snapshots<M> {
             t.delete(key)?;
             Ok(record)
         })?;
-        let mut view_stopped = false;
-        if let Role::Container { chain, .. } = &record.role {
-            match self.views.release(key, chain) {
-                Ok(stopped) => view_stopped = stopped,
-                Err(e) => tracing::error!(key, error = %e, "releasing the view failed"),
-            }
-        }
         if !self.views.pinned().contains(&record.id) {
             let dir = self.snapshot_dir(record.id);
             let doomed = self
@@ -399,7 +413,7 @@ impl<M: ViewMounter> Snapshots<M> {
     }
 
     /// Views and their container snapshots.
-    pub fn view_status(&self) -> Vec<(String, Vec<String>)> {
+    pub fn view_status(&self) -> Vec<(ChainId, Vec<String>)> {
         self.views.status()
     }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard};
 
+use pare_fs::id::ChainId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +49,7 @@ pub enum Role {
         /// Key of the committed parent the view serves.
         parent: String,
         /// Chain ID of the image (the profile's key).
-        chain: String,
+        chain: ChainId,
         /// Whether accesses are recorded.
         profiled: bool,
     },

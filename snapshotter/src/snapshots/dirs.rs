@@ -83,10 +83,7 @@ pub(super) fn tempdir_in(dir: &Path) -> Result<PathBuf> {
             Err(e) => return Err(Error::io(path)(e)),
         }
     }
-    Err(Error::Io {
-        path: dir.to_path_buf(),
-        source: std::io::Error::other("cannot pick a temporary directory name"),
-    })
+    Err(Error::NoTempName(dir.to_path_buf()))
 }
 
 pub(super) fn remove_tree(path: &Path) {

@@ -69,8 +69,10 @@ fn stop_unknown_views(views_dir: &Path, known: &HashSet<PathBuf>) {
             }
             match crate::viewproc::ServerState::read(&mountpoint) {
                 Some(state) if state.process.is_alive() => {
-                    tracing::info!(chain = state.chain, "stopping a view no container uses");
-                    crate::viewproc::stop_server(&state, Duration::from_secs(5));
+                    tracing::info!(chain = %state.chain, "stopping a view no container uses");
+                    if let Err(e) = crate::viewproc::stop_server(&state, Duration::from_secs(5)) {
+                        tracing::warn!(chain = %state.chain, error = %e, "cannot stop a view no container uses");
+                    }
                 }
                 _ => {
                     let _ = std::fs::remove_file(&path);
@@ -84,7 +86,9 @@ fn stop_unknown_views(views_dir: &Path, known: &HashSet<PathBuf>) {
             if mount.major == 0 {
                 crate::viewproc::abort_connection(mount.minor);
             }
-            crate::viewproc::detach_if_mounted(&mount.mount_point);
+            if let Err(e) = crate::viewproc::detach_if_mounted(&mount.mount_point) {
+                tracing::warn!(error = %e, "cannot detach a stale view mount");
+            }
         }
     }
     for entry in std::fs::read_dir(views_dir).into_iter().flatten().flatten() {
