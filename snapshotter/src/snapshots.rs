@@ -7,10 +7,14 @@
 //! snapshot's record goes first and its directory after. Whatever a crash
 //! leaves behind (temporary dirs, dirs without a record, stale view mounts)
 //! is cleaned at start-up.
+//!
+//! Here: the operations containerd calls. Beside it: [`keys`] (what a key
+//! says), `info` (what containerd sees), `dirs` (snapshot directories) and
+//! `recovery` (start-up cleanup).
 
 mod dirs;
 mod info;
-mod keys;
+pub mod keys;
 mod recovery;
 
 use std::collections::BTreeMap;
