@@ -52,7 +52,8 @@ pub struct ProfileConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ViewConfig {
-    /// Serving threads per view.
+    /// Serving threads per view; by default the machine's parallelism
+    /// between 2 and 8 ([`pare_fs::view::default_threads`]).
     pub threads: usize,
     /// Use FUSE passthrough for file reads when the kernel offers it.
     pub passthrough: bool,
@@ -91,7 +92,7 @@ impl Default for ProfileConfig {
 impl Default for ViewConfig {
     fn default() -> Self {
         ViewConfig {
-            threads: 2,
+            threads: pare_fs::view::default_threads(),
             passthrough: true,
             start_timeout_ms: 10_000,
             stop_timeout_ms: 5_000,
@@ -108,15 +109,17 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
     /// The file is not valid TOML for this schema.
-    #[error("config {path}: {message}")]
+    #[error("config {path}: {source}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message.
-        message: String,
+        /// The parser's error.
+        #[source]
+        source: toml::de::Error,
     },
     /// A value is out of range.
     #[error("config: {0}")]
@@ -130,9 +133,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source,
         })?;
         config.validate()?;
         Ok(config)
@@ -230,5 +233,12 @@ mod tests {
         );
         let off: Config = toml::from_str("[profile]\nenabled = false").unwrap();
         assert!(!off.profiles("default"));
+    }
+
+    #[test]
+    fn view_threads_default_to_the_views_own_default() {
+        let config: Config = toml::from_str("[view]\npassthrough = false").unwrap();
+        assert_eq!(config.view.threads, pare_fs::view::default_threads());
+        assert!((2..=8).contains(&config.view.threads));
     }
 }

@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use containerd_snapshots::tonic::{Code, Status};
+use pare_fs::id::ChainId;
+
+use crate::views::ViewError;
 
 /// Why a snapshot operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +27,15 @@ pub enum Error {
     /// The request itself is invalid.
     #[error("invalid request: {0}")]
     InvalidArgument(String),
+    /// A `~=` filter's regular expression does not parse.
+    #[error("invalid request: filter {filter:?}: {source}")]
+    FilterRegex {
+        /// The filter clause.
+        filter: String,
+        /// Why the expression is invalid.
+        #[source]
+        source: regex::Error,
+    },
     /// The metadata store failed.
     #[error("metadata store: {0}")]
     Store(#[source] Box<redb::Error>),
@@ -41,13 +53,17 @@ pub enum Error {
         /// What went wrong.
         source: std::io::Error,
     },
-    /// A view could not be mounted or unmounted.
-    #[error("view for {chain}: {why}")]
+    /// No free temporary directory name was found.
+    #[error("{0}: cannot pick a temporary directory name")]
+    NoTempName(PathBuf),
+    /// A view could not be started or stopped.
+    #[error("view for {chain}: {source}")]
     View {
         /// The image chain.
-        chain: String,
+        chain: ChainId,
         /// What went wrong.
-        why: String,
+        #[source]
+        source: ViewError,
     },
 }
 
@@ -72,11 +88,12 @@ impl Error {
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition { .. } => Code::FailedPrecondition,
-            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::InvalidArgument(_) | Error::FilterRegex { .. } => Code::InvalidArgument,
             Error::Store(_)
             | Error::Record(_)
             | Error::Panicked(_)
             | Error::Io { .. }
+            | Error::NoTempName(_)
             | Error::View { .. } => Code::Internal,
         }
     }

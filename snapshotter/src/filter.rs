@@ -89,7 +89,10 @@ fn parse_clause(text: &str) -> Result<Clause> {
     } else if let Some((f, v)) = split_op(text, "!=") {
         (f, Op::Ne(unquote(v)))
     } else if let Some((f, v)) = split_op(text, "~=") {
-        let re = Regex::new(&unquote(v)).map_err(|e| bad(&e.to_string()))?;
+        let re = Regex::new(&unquote(v)).map_err(|source| Error::FilterRegex {
+            filter: text.to_string(),
+            source,
+        })?;
         (f, Op::Matches(re))
     } else {
         (text, Op::Present)
@@ -182,5 +185,17 @@ mod tests {
     fn unknown_fields_are_invalid_arguments() {
         let err = Filter::parse(&["size==3".to_string()]).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    }
+
+    #[test]
+    fn a_bad_regular_expression_is_an_invalid_argument_with_its_cause() {
+        let err = Filter::parse(&["name~=(".to_string()]).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let Error::FilterRegex { filter, source } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(filter, "name~=(");
+        assert!(matches!(source, regex::Error::Syntax(_)), "{source:?}");
+        assert!(std::error::Error::source(&err).is_some());
     }
 }

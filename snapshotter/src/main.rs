@@ -135,12 +135,7 @@ async fn serve(config: Config) -> Result<()> {
     });
     let wait_limit =
         Duration::from_millis(config.view.start_timeout_ms + config.view.stop_timeout_ms);
-    let views = Views::new(
-        mounter,
-        root.join("views"),
-        root.join("profiles"),
-        wait_limit,
-    );
+    let views = Views::new(mounter, root.clone(), wait_limit);
     let open_root = root.clone();
     let snapshots = tokio::task::spawn_blocking(move || {
         Snapshots::open(

@@ -7,11 +7,21 @@
 //! snapshot's record goes first and its directory after. Whatever a crash
 //! leaves behind (temporary dirs, dirs without a record, stale view mounts)
 //! is cleaned at start-up.
+//!
+//! Here: the operations containerd calls. Beside it: [`keys`] (what a key
+//! says), `info` (what containerd sees), `dirs` (snapshot directories) and
+//! `recovery` (start-up cleanup).
+
+mod dirs;
+mod info;
+pub mod keys;
+mod recovery;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pare_fs::id::ChainId;
 
 use crate::error::{Error, Result};
 use crate::filter::{Fields, Filter};
@@ -20,28 +30,13 @@ use crate::store::{Kind, Record, Role, SnapshotId, Store, Usage};
 use crate::usage;
 use crate::views::{Request, ViewMounter, Views};
 
-/// The label containerd's unpacker puts on the snapshot a layer is unpacked into.
-pub const LABEL_SNAPSHOT_REF: &str = "containerd.io/snapshot.ref";
+use dirs::{private_dir, remove_tree, restrict, tempdir_in};
+pub use info::SnapshotInfo;
+use info::{info, kind_name, now_ns};
+pub use keys::{LABEL_SNAPSHOT_REF, is_container_rootfs, split_key};
 
 /// Which containers get profiled.
 pub type ProfileRule = Box<dyn Fn(&str) -> bool + Send + Sync>;
-
-/// What a snapshot looks like to containerd.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotInfo {
-    /// Key.
-    pub name: String,
-    /// Parent key, empty for none.
-    pub parent: String,
-    /// Kind.
-    pub kind: Kind,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Created.
-    pub created: SystemTime,
-    /// Updated.
-    pub updated: SystemTime,
-}
 
 /// All snapshots of one root directory.
 pub struct Snapshots<M: ViewMounter> {
@@ -53,34 +48,6 @@ pub struct Snapshots<M: ViewMounter> {
     /// Prepare in flight) and while unreferenced directories are collected,
     /// so that collection never takes a directory about to be named.
     dirs: Mutex<()>,
-}
-
-fn now_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
-}
-
-fn time_of(ns: i128) -> SystemTime {
-    UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
-}
-
-/// containerd's metadata layer names backend snapshots `<namespace>/<n>/<key>`.
-/// Returns the namespace and the key as the client gave it.
-pub fn split_key(key: &str) -> (&str, &str) {
-    let mut parts = key.splitn(3, '/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(ns), Some(n), Some(rest)) if n.chars().all(|c| c.is_ascii_digit()) => (ns, rest),
-        _ => ("", key),
-    }
-}
-
-/// True when a Prepare is for a container's rootfs rather than a layer unpack.
-pub fn is_container_rootfs(key: &str, parent: &str, labels: &BTreeMap<String, String>) -> bool {
-    !parent.is_empty()
-        && !labels.contains_key(LABEL_SNAPSHOT_REF)
-        && !split_key(key).1.starts_with("extract-")
 }
 
 impl<M: ViewMounter> Snapshots<M> {
@@ -103,90 +70,6 @@ impl<M: ViewMounter> Snapshots<M> {
         };
         snapshots.recover()?;
         Ok(snapshots)
-    }
-
-    fn snapshot_dir(&self, id: SnapshotId) -> PathBuf {
-        self.root.join("snapshots").join(id.to_string())
-    }
-
-    fn dirs_lock(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.dirs.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn recover(&self) -> Result<()> {
-        let snapshots_dir = self.root.join("snapshots");
-        for entry in std::fs::read_dir(&snapshots_dir).map_err(Error::io(&snapshots_dir))? {
-            let entry = entry.map_err(Error::io(&snapshots_dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("new-") || name.starts_with("removed-") {
-                tracing::info!(dir = %entry.path().display(), "removing a half-made snapshot directory");
-                remove_tree(&entry.path());
-            }
-        }
-        // Views of containers that still exist: adopt the servers that kept
-        // serving them (their containers never noticed the restart), start
-        // the others anew.
-        for (key, record) in self.store.all()? {
-            if let (
-                Kind::Active,
-                Role::Container {
-                    chain, profiled, ..
-                },
-            ) = (record.kind, &record.role)
-            {
-                let layers = self.chain_layers(&record.parent)?;
-                let req = Request {
-                    user: &key,
-                    chain,
-                    layers: &layers,
-                    profiled: *profiled,
-                };
-                if let Err(e) = self.views.restore(&req) {
-                    tracing::error!(key, error = %e, "cannot restore the view of a container snapshot");
-                }
-            }
-        }
-        stop_unknown_views(self.views.views_dir(), &self.views.known_mountpoints());
-        self.remove_orphans()?;
-        Ok(())
-    }
-
-    /// Removes snapshot directories that no record names and no view reads.
-    fn remove_orphans(&self) -> Result<usize> {
-        let dirs = self.dirs_lock();
-        let known: std::collections::HashSet<SnapshotId> =
-            self.store.all()?.into_iter().map(|(_, r)| r.id).collect();
-        let pinned = self.views.pinned();
-        let mut doomed = Vec::new();
-        let dir = self.root.join("snapshots");
-        let mut removed = 0;
-        for entry in std::fs::read_dir(&dir).map_err(Error::io(&dir))? {
-            let entry = entry.map_err(Error::io(&dir))?;
-            let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse().ok())
-                .map(SnapshotId)
-            else {
-                continue;
-            };
-            if !known.contains(&id) && !pinned.contains(&id) {
-                tracing::info!(id = id.0, "removing an unreferenced snapshot directory");
-                // Renamed under the lock, deleted after it: a big tree never
-                // holds up a Prepare.
-                let to = dir.join(format!("removed-{id}"));
-                match std::fs::rename(entry.path(), &to) {
-                    Ok(()) => doomed.push(to),
-                    Err(e) => tracing::warn!(id = id.0, error = %e, "cannot remove directory"),
-                }
-                removed += 1;
-            }
-        }
-        drop(dirs);
-        for path in doomed {
-            remove_tree(&path);
-        }
-        Ok(removed)
     }
 
     /// Committed layer directories of `parent` and its ancestors, topmost first.
@@ -223,7 +106,7 @@ impl<M: ViewMounter> Snapshots<M> {
         let role = if container {
             Role::Container {
                 parent: parent.to_string(),
-                chain: split_key(parent).1.to_string(),
+                chain: ChainId::from_snapshot_name(split_key(parent).1),
                 profiled: true,
             }
         } else {
@@ -386,15 +269,34 @@ impl<M: ViewMounter> Snapshots<M> {
             Ok(current)
         })?;
         if let Role::Container { chain, .. } = &committed.role {
-            if self.views.release(key, chain)? {
-                self.remove_orphans()?;
+            match self.views.release(key, chain) {
+                Ok(true) => {
+                    self.remove_orphans()?;
+                }
+                Ok(false) => {}
+                // The commit stands; the view stays known (its layers
+                // pinned) until a restart finds no container using it.
+                Err(e) => {
+                    tracing::error!(key, error = %e, "cannot stop the view of a committed container")
+                }
             }
         }
         Ok(())
     }
 
-    /// Removes `key` and its directory. Snapshots with children cannot be removed.
+    /// Removes `key` and its directory. Snapshots with children cannot be
+    /// removed. A container's view is let go before its record: when the
+    /// view cannot be stopped the Remove fails and the record stays, so a
+    /// retry stops it.
     pub fn remove(&self, key: &str) -> Result<()> {
+        let found = self
+            .store
+            .get(key)?
+            .ok_or_else(|| Error::NotFound(key.to_string()))?;
+        let mut view_stopped = false;
+        if let Role::Container { chain, .. } = &found.role {
+            view_stopped = self.views.release(key, chain)?;
+        }
         let record = self.store.write(|t| {
             let record = t.must_get(key)?;
             if !t.children(key)?.is_empty() {
@@ -406,13 +308,6 @@ impl<M: ViewMounter> Snapshots<M> {
             t.delete(key)?;
             Ok(record)
         })?;
-        let mut view_stopped = false;
-        if let Role::Container { chain, .. } = &record.role {
-            match self.views.release(key, chain) {
-                Ok(stopped) => view_stopped = stopped,
-                Err(e) => tracing::error!(key, error = %e, "releasing the view failed"),
-            }
-        }
         if !self.views.pinned().contains(&record.id) {
             let dir = self.snapshot_dir(record.id);
             let doomed = self
@@ -522,120 +417,9 @@ impl<M: ViewMounter> Snapshots<M> {
     }
 
     /// Views and their container snapshots.
-    pub fn view_status(&self) -> Vec<(String, Vec<String>)> {
+    pub fn view_status(&self) -> Vec<(ChainId, Vec<String>)> {
         self.views.status()
     }
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Active => "active",
-        Kind::View => "view",
-        Kind::Committed => "committed",
-    }
-}
-
-fn info(key: &str, record: Record) -> SnapshotInfo {
-    SnapshotInfo {
-        name: key.to_string(),
-        parent: record.parent,
-        kind: record.kind,
-        labels: record.labels,
-        created: time_of(record.created_ns),
-        updated: time_of(record.updated_ns),
-    }
-}
-
-/// A fresh `new-*` directory with `fs/` and `work/` inside.
-fn tempdir_in(dir: &Path) -> Result<PathBuf> {
-    for attempt in 0..100u32 {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = dir.join(format!("new-{}-{nanos}-{attempt}", std::process::id()));
-        match std::fs::create_dir(&path) {
-            Ok(()) => {
-                for sub in ["fs", "work"] {
-                    let p = path.join(sub);
-                    std::fs::create_dir(&p).map_err(Error::io(&p))?;
-                }
-                // Like containerd: layer roots are 0755.
-                use std::os::unix::fs::PermissionsExt;
-                let fs = path.join("fs");
-                std::fs::set_permissions(&fs, std::fs::Permissions::from_mode(0o755))
-                    .map_err(Error::io(&fs))?;
-                return Ok(path);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io(path)(e)),
-        }
-    }
-    Err(Error::Io {
-        path: dir.to_path_buf(),
-        source: std::io::Error::other("cannot pick a temporary directory name"),
-    })
-}
-
-fn remove_tree(path: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %path.display(), error = %e, "cannot remove directory");
-        }
-    }
-}
-
-/// Stops view servers and mounts under `views_dir` that no container needs
-/// (their containers went while no daemon ran), and detaches mounts whose
-/// server is gone.
-fn stop_unknown_views(views_dir: &Path, known: &std::collections::HashSet<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(views_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "server") {
-            let mountpoint = path.with_extension("");
-            if known.contains(&mountpoint) {
-                continue;
-            }
-            match crate::viewproc::ServerState::read(&mountpoint) {
-                Some(state) if state.process.is_alive() => {
-                    tracing::info!(chain = state.chain, "stopping a view no container uses");
-                    crate::viewproc::stop_server(&state, Duration::from_secs(5));
-                }
-                _ => {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-        }
-    }
-    for mount in pare_fs::mountinfo::mounts_under(views_dir) {
-        if mount.mount_point != views_dir && !known.contains(&mount.mount_point) {
-            tracing::warn!(mountpoint = %mount.mount_point.display(), "detaching a stale view mount");
-            if mount.major == 0 {
-                crate::viewproc::abort_connection(mount.minor);
-            }
-            crate::viewproc::detach_if_mounted(&mount.mount_point);
-        }
-    }
-    for entry in std::fs::read_dir(views_dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() && !known.contains(&path) {
-            let _ = std::fs::remove_dir(&path);
-        }
-    }
-}
-
-/// Creates `dir` if needed and makes it private to root (0700).
-fn private_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-    restrict(dir, 0o700)
-}
-
-fn restrict(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(Error::io(path))
 }
 
 #[cfg(test)]

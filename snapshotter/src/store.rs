@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard};
 
+use pare_fs::id::ChainId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +49,7 @@ pub enum Role {
         /// Key of the committed parent the view serves.
         parent: String,
         /// Chain ID of the image (the profile's key).
-        chain: String,
+        chain: ChainId,
         /// Whether accesses are recorded.
         profiled: bool,
     },
@@ -290,5 +291,21 @@ mod tests {
             .unwrap();
         assert_eq!(children, vec!["b"]);
         assert_eq!(next, SnapshotId(3));
+    }
+
+    #[test]
+    fn container_records_keep_their_stored_form() {
+        // As written before chains were typed: the chain is a plain string.
+        let stored = r#"{"id":7,"kind":"Active","parent":"default/3/sha256:c2","labels":{},"created_ns":1,"updated_ns":2,"role":{"Container":{"parent":"default/3/sha256:c2","chain":"sha256:c2","profiled":true}},"usage":null}"#;
+        let record: Record = serde_json::from_str(stored).unwrap();
+        assert_eq!(
+            record.role,
+            Role::Container {
+                parent: "default/3/sha256:c2".into(),
+                chain: ChainId::from_snapshot_name("sha256:c2"),
+                profiled: true,
+            }
+        );
+        assert_eq!(serde_json::to_string(&record).unwrap(), stored);
     }
 }

@@ -38,7 +38,7 @@ fn spec(dir: &Path) -> Result<ViewSpec> {
     let mountpoint = dir.join("view");
     std::fs::create_dir_all(&mountpoint)?;
     Ok(ViewSpec {
-        chain: "sha256:test".into(),
+        chain: pare_fs::id::ChainId::from_snapshot_name("sha256:test"),
         layers: vec![layer],
         mountpoint: std::fs::canonicalize(&mountpoint)?,
         profile: Some(dir.join("profile")),
@@ -101,7 +101,7 @@ fn privileged_a_hung_view_server_is_aborted_within_the_stop_timeout() -> Result<
     let pid = Pid::from_raw(state.process.pid).context("pid")?;
     rustix::process::kill_process(pid, Signal::STOP)?;
     let started = Instant::now();
-    let outcome = stop_server(&state, Duration::from_millis(500));
+    let outcome = stop_server(&state, Duration::from_millis(500))?;
     ensure!(outcome == StopOutcome::Aborted, "{outcome:?}");
     ensure!(
         started.elapsed() < Duration::from_secs(5),
@@ -158,7 +158,7 @@ fn privileged_a_view_in_use_detaches_at_once_and_serves_until_its_user_goes() ->
     let overlay = Detach(merged.clone());
     ensure!(std::fs::read_to_string(merged.join("hello"))? == "hello\n");
     let started = Instant::now();
-    let outcome = m.stop(state.clone());
+    let outcome = m.stop(&state)?;
     ensure!(outcome == StopOutcome::Detached, "{outcome:?}");
     ensure!(
         started.elapsed() < Duration::from_secs(1),
@@ -190,7 +190,7 @@ fn privileged_a_view_in_use_detaches_at_once_and_serves_until_its_user_goes() ->
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    ensure!(m.stop(next) == StopOutcome::Stopped);
+    ensure!(m.stop(&next)? == StopOutcome::Stopped);
     let profile = pare_fs::profile::read(spec.profile.as_ref().context("profile")?)?;
     ensure!(
         profile

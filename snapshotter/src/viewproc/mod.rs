@@ -14,6 +14,7 @@
 
 mod process;
 pub mod serve;
+mod state;
 
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -22,78 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 pub use process::ProcessId;
+pub use state::{ServerState, StateFileError, state_path};
 
 use crate::views::{MountError, StopOutcome, ViewMounter, ViewSpec};
-
-/// What a running server writes beside its mountpoint (`<mountpoint>.server`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServerState {
-    /// The serving process.
-    pub process: ProcessId,
-    /// FUSE connection number of its mount.
-    pub connection: u32,
-    /// The image chain it serves.
-    pub chain: String,
-    /// The mountpoint.
-    pub mountpoint: PathBuf,
-}
-
-/// The state file of the view mounted at `mountpoint`.
-pub fn state_path(mountpoint: &Path) -> PathBuf {
-    let mut name = mountpoint.as_os_str().to_owned();
-    name.push(".server");
-    PathBuf::from(name)
-}
-
-impl ServerState {
-    /// Reads the state file of `mountpoint`.
-    pub fn read(mountpoint: &Path) -> Option<ServerState> {
-        let bytes = std::fs::read(state_path(mountpoint)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    /// Writes the state file atomically.
-    pub fn write(&self) -> std::io::Result<()> {
-        let path = state_path(&self.mountpoint);
-        let tmp = path.with_extension(format!("server.tmp-{}", self.process.pid));
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, &path)
-    }
-
-    /// Removes the state file if it is still this server's.
-    pub fn remove_if_mine(&self) {
-        if ServerState::read(&self.mountpoint).is_some_and(|s| s.process == self.process) {
-            let _ = std::fs::remove_file(state_path(&self.mountpoint));
-        }
-    }
-
-    /// True while the server runs and its mount is the one mounted here. An
-    /// unreadable mount table counts as mounted: a healthy view must never
-    /// be replaced because of a failed read.
-    pub fn is_serving(&self) -> bool {
-        self.process.is_alive()
-            && match pare_fs::mountinfo::read() {
-                Ok(mounts) => mounts
-                    .iter()
-                    .rev()
-                    .find(|m| m.mount_point == self.mountpoint)
-                    .is_some_and(|m| m.major == 0 && m.minor == self.connection),
-                Err(_) => true,
-            }
-    }
-
-    /// True when this server's connection is what is mounted at the mountpoint.
-    pub fn mounted_here(&self) -> bool {
-        pare_fs::mountinfo::mount_at(&self.mountpoint)
-            .is_some_and(|m| m.major == 0 && m.minor == self.connection)
-    }
-}
 
 /// How view servers are run.
 #[derive(Clone, Debug)]
@@ -136,7 +69,7 @@ impl ProcessMounter {
             .arg("--mountpoint")
             .arg(&spec.mountpoint)
             .arg("--image")
-            .arg(&spec.chain)
+            .arg(spec.chain.as_str())
             .arg("--threads")
             .arg(c.threads.to_string())
             .arg("--flush-ms")
@@ -170,11 +103,16 @@ impl ViewMounter for ProcessMounter {
 
     fn mount(&self, spec: &ViewSpec) -> Result<ServerState, MountError> {
         // Whatever is left at the mountpoint is stale: this view is not adopted.
-        detach_if_mounted(&spec.mountpoint);
+        if let Err(e) = detach_if_mounted(&spec.mountpoint) {
+            tracing::warn!(error = %e, "cannot detach a stale view mount");
+        }
         let mut child = self
             .command(spec)
             .spawn()
-            .map_err(|e| MountError::Spawn(e.to_string()))?;
+            .map_err(|source| MountError::Spawn {
+                program: self.config.program.clone(),
+                source,
+            })?;
         let stdout = child.stdout.take().expect("piped stdout");
         let answer = read_line(stdout, self.config.start_timeout);
         let reap = move |mut child: std::process::Child| {
@@ -188,45 +126,50 @@ impl ViewMounter for ProcessMounter {
         match answer {
             Ok(line) if line == "ready" => {
                 reap(child);
-                ServerState::read(&spec.mountpoint)
+                ServerState::load(&spec.mountpoint)?
                     .filter(|s| s.process.is_alive())
-                    .ok_or_else(|| MountError::Refused("the view server left no state file".into()))
+                    .ok_or_else(|| MountError::NoState(spec.mountpoint.clone()))
             }
             Ok(line) => {
-                let why = line.strip_prefix("error ").unwrap_or(&line).to_string();
                 let _ = child.kill();
                 reap(child);
-                Err(MountError::Refused(if why.is_empty() {
-                    "the view server exited before serving".into()
+                let why = line.strip_prefix("error ").unwrap_or(&line);
+                Err(if why.is_empty() {
+                    MountError::Exited
                 } else {
-                    why
-                }))
+                    MountError::Refused(why.to_string())
+                })
             }
-            Err(timeout) => {
+            Err(e) => {
                 let _ = child.kill();
                 reap(child);
-                detach_if_mounted(&spec.mountpoint);
-                Err(timeout)
+                if let Err(detach) = detach_if_mounted(&spec.mountpoint) {
+                    tracing::warn!(error = %detach, "cannot detach the mount of a server that did not start");
+                }
+                Err(e)
             }
         }
     }
 
-    fn adopt(&self, spec: &ViewSpec) -> Option<ServerState> {
-        let state = ServerState::read(&spec.mountpoint)?;
-        (state.chain == spec.chain && state.is_serving()).then_some(state)
+    fn adopt(&self, spec: &ViewSpec) -> Result<Option<ServerState>, MountError> {
+        let Some(state) = ServerState::load(&spec.mountpoint)? else {
+            return Ok(None);
+        };
+        Ok((state.chain == spec.chain && state.is_serving()).then_some(state))
     }
 
     fn is_serving(&self, handle: &ServerState) -> bool {
         handle.is_serving()
     }
 
-    fn stop(&self, handle: ServerState) -> StopOutcome {
-        stop_server(&handle, self.config.stop_timeout)
+    fn stop(&self, handle: &ServerState) -> Result<StopOutcome, MountError> {
+        stop_server(handle, self.config.stop_timeout)
     }
 }
 
 /// SIGTERM, a bounded wait, then the connection aborted if the server hung.
-pub fn stop_server(state: &ServerState, limit: Duration) -> StopOutcome {
+/// Fails when the view's mount stays at its mountpoint.
+pub fn stop_server(state: &ServerState, limit: Duration) -> Result<StopOutcome, MountError> {
     state.process.signal(rustix::process::Signal::TERM);
     let deadline = Instant::now() + limit;
     while state.process.is_alive() {
@@ -236,40 +179,41 @@ pub fn stop_server(state: &ServerState, limit: Duration) -> StopOutcome {
             // The server detached its busy view and gave up its state file:
             // it serves the view's users elsewhere until they go.
             tracing::info!(
-                chain = state.chain,
+                chain = %state.chain,
                 pid = state.process.pid,
                 "view detached; its server keeps serving users outside this mount namespace until they go"
             );
-            return StopOutcome::Detached;
+            return Ok(StopOutcome::Detached);
         }
         if Instant::now() >= deadline {
             if state.mounted_here() {
                 tracing::error!(
-                    chain = state.chain,
+                    chain = %state.chain,
                     pid = state.process.pid,
                     "view server did not stop in time; aborting its FUSE connection"
                 );
                 abort_connection(state.connection);
-                detach_if_mounted(&state.mountpoint);
+                let detached = detach_if_mounted(&state.mountpoint);
                 state.process.signal(rustix::process::Signal::KILL);
+                detached?;
                 state.remove_if_mine();
-                return StopOutcome::Aborted;
+                return Ok(StopOutcome::Aborted);
             }
             tracing::info!(
-                chain = state.chain,
+                chain = %state.chain,
                 pid = state.process.pid,
                 "view detached; its server keeps serving users outside this mount namespace until they go"
             );
-            return StopOutcome::Detached;
+            return Ok(StopOutcome::Detached);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     if state.mounted_here() {
         // The server died without unmounting: nothing serves this mount.
-        detach_if_mounted(&state.mountpoint);
+        detach_if_mounted(&state.mountpoint)?;
     }
     state.remove_if_mine();
-    StopOutcome::Stopped
+    Ok(StopOutcome::Stopped)
 }
 
 /// Aborts FUSE connection `n`: every request on it fails at once.
@@ -292,13 +236,16 @@ pub fn abort_connection(n: u32) {
 }
 
 /// Lazily unmounts whatever is mounted at `path`.
-pub fn detach_if_mounted(path: &Path) {
+pub fn detach_if_mounted(path: &Path) -> Result<(), MountError> {
     while pare_fs::mountinfo::mount_at(path).is_some() {
-        if let Err(e) = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
-            tracing::warn!(mountpoint = %path.display(), error = %e, "cannot detach mount");
-            return;
-        }
+        rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH).map_err(|e| {
+            MountError::Detach {
+                path: path.to_path_buf(),
+                source: e.into(),
+            }
+        })?;
     }
+    Ok(())
 }
 
 /// Reads one line (without its newline) from a server's stdout within `limit`.
@@ -326,7 +273,7 @@ fn read_line(mut out: std::process::ChildStdout, limit: Duration) -> Result<Stri
             Ok(0) => continue,
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(MountError::Spawn(e.to_string())),
+            Err(e) => return Err(MountError::Answer(e.into())),
         }
         let mut chunk = [0u8; 512];
         match out.read(&mut chunk) {
@@ -338,7 +285,7 @@ fn read_line(mut out: std::process::ChildStdout, limit: Duration) -> Result<Stri
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(MountError::Spawn(e.to_string())),
+            Err(e) => return Err(MountError::Answer(e)),
         }
     }
 }

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use pare_fs::id::ChainId;
 use pare_fs::layers::LayerStack;
 use pare_fs::profile::{Recorder, RecorderError, RecorderStats};
 use pare_fs::view::{self, ReadMode, Stopped, View, ViewOptions};
 
-use super::{ProcessId, ServerState};
+use super::{ProcessId, ServerState, StateFileError};
 
 /// Arguments of `serve-view` (given by the snapshotter, not by people).
 #[derive(Clone, Debug, clap::Args)]
@@ -22,8 +23,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub mountpoint: PathBuf,
     /// The image chain served.
-    #[arg(long)]
-    pub image: String,
+    #[arg(long, value_parser = chain_arg)]
+    pub image: ChainId,
     /// Layer directories, topmost first.
     #[arg(long = "layer", required = true)]
     pub layers: Vec<PathBuf>,
@@ -31,7 +32,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub profile: Option<PathBuf>,
     /// Serving threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = pare_fs::view::default_threads())]
     pub threads: usize,
     /// Serve reads with pread instead of FUSE passthrough.
     #[arg(long)]
@@ -59,9 +60,18 @@ pub enum ServeError {
     /// The view could not be mounted.
     #[error(transparent)]
     Mount(#[from] pare_fs::view::ViewError),
+    /// This process or its mount is not in `/proc`: no state file can say
+    /// who serves the view.
+    #[error("cannot find this process or its mount in /proc")]
+    Unidentified,
     /// The state file could not be written.
-    #[error("cannot write the view's state file: {0}")]
-    State(#[source] std::io::Error),
+    #[error(transparent)]
+    State(#[from] StateFileError),
+}
+
+/// `--image`: any committed snapshot name.
+fn chain_arg(name: &str) -> Result<ChainId, std::convert::Infallible> {
+    Ok(ChainId::from_snapshot_name(name))
 }
 
 /// How long serving may take to end after an unmount before the server
@@ -107,7 +117,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 || stats.records_lost != reported.records_lost
             {
                 tracing::warn!(
-                    image = args.image,
+                    image = %args.image,
                     write_errors = stats.write_errors,
                     records_lost = stats.records_lost,
                     records_pending = stats.records_pending,
@@ -147,14 +157,14 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if let Err(e) = served {
         tracing::warn!(error = %e, "serving ended with an error");
     }
-    tracing::info!(image = args.image, "view server stopped");
+    tracing::info!(image = %args.image, "view server stopped");
     Ok(())
 }
 
-fn report(image: &str, finished: Result<u64, RecorderError>) {
+fn report(image: &ChainId, finished: Result<u64, RecorderError>) {
     match finished {
-        Ok(records) => tracing::info!(image, records, "profile flushed"),
-        Err(e) => tracing::error!(image, error = %e, "profile flush failed"),
+        Ok(records) => tracing::info!(%image, records, "profile flushed"),
+        Err(e) => tracing::error!(%image, error = %e, "profile flush failed"),
     }
 }
 
@@ -165,10 +175,10 @@ fn open_profile(path: &std::path::Path, args: &ServeArgs) -> Result<Recorder, Se
     let flush = Duration::from_millis(args.flush_ms.max(1));
     let deadline = std::time::Instant::now() + BUSY_WAIT;
     loop {
-        match Recorder::open_or_set_aside(path, Some(args.image.clone()), flush) {
+        match Recorder::open_or_set_aside(path, Some(args.image.to_string()), flush) {
             Ok((recorder, aside)) => {
                 if let Some(aside) = aside {
-                    tracing::warn!(image = args.image, set_aside = %aside.display(), "the image's profile was unreadable; it was set aside and a new one started");
+                    tracing::warn!(image = %args.image, set_aside = %aside.display(), "the image's profile was unreadable; it was set aside and a new one started");
                 }
                 return Ok(recorder);
             }
@@ -206,15 +216,13 @@ fn start(
         },
         _ => {
             let _ = mounted.unmount();
-            return Err(ServeError::State(std::io::Error::other(
-                "cannot find this process or its mount in /proc",
-            )));
+            return Err(ServeError::Unidentified);
         }
     };
     if let Err(e) = state.write() {
         let _ = mounted.unmount();
-        return Err(ServeError::State(e));
+        return Err(e.into());
     }
-    tracing::info!(image = args.image, mountpoint = %args.mountpoint.display(), pid = state.process.pid, "view serving");
+    tracing::info!(image = %args.image, mountpoint = %args.mountpoint.display(), pid = state.process.pid, "view serving");
     Ok((mounted, recorder, state))
 }

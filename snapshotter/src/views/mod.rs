@@ -1,0 +1,347 @@
+//! Views of image chains: one view per chain, started on first use by a
+//! container, shared by that chain's containers, stopped with the last one.
+//! Profiles are journaled per chain under `profiles/<chain>`.
+//!
+//! The table of views is only locked for in-memory bookkeeping: starting and
+//! stopping a view (a process, a mount, an unmount) and checking that it
+//! still serves (reads of `/proc`) happen with the lock released. While a
+//! start or stop runs, the chain's entry says `Starting` or `Stopping`; others
+//! that need that chain wait on a condition variable, for a bounded time. A
+//! liveness check remembers the entry's generation and acts on its answer
+//! only if the entry is still the one it checked.
+
+mod mounter;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pare_fs::id::{ChainId, profile_path};
+
+pub use mounter::{MountError, StopOutcome, ViewMounter, ViewSpec};
+
+use crate::error::{Error, Result};
+use crate::store::SnapshotId;
+
+/// Why a container could not get or let go of its chain's view.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// The view could not be started.
+    #[error(transparent)]
+    Start(#[from] MountError),
+    /// Another caller's start or stop of the same view took too long.
+    #[error("timed out after {0:?} waiting for the view to start or stop")]
+    Busy(Duration),
+    /// The view could not be stopped; it is kept, with its user.
+    #[error("cannot stop the view: {0}")]
+    Stop(#[source] MountError),
+}
+
+enum Slot<H> {
+    Starting,
+    Running(Arc<H>),
+    Stopping,
+}
+
+struct Entry<H> {
+    slot: Slot<H>,
+    /// Tells this entry from a later one of the same chain.
+    generation: u64,
+    users: BTreeSet<String>,
+    pinned: Vec<SnapshotId>,
+}
+
+struct Table<H> {
+    entries: HashMap<ChainId, Entry<H>>,
+    generations: u64,
+}
+
+/// The views of this daemon.
+pub struct Views<M: ViewMounter> {
+    mounter: M,
+    root: PathBuf,
+    views_dir: PathBuf,
+    table: Mutex<Table<M::Handle>>,
+    changed: Condvar,
+    /// Longest wait for another caller's start or stop of the same chain.
+    wait_limit: Duration,
+}
+
+/// How a container's view is to be served.
+pub struct Request<'a> {
+    /// The container snapshot key.
+    pub user: &'a str,
+    /// The image chain.
+    pub chain: &'a ChainId,
+    /// The chain's layers, topmost first, with their snapshot ids.
+    pub layers: &'a [(SnapshotId, PathBuf)],
+    /// Whether accesses are recorded.
+    pub profiled: bool,
+}
+
+impl<M: ViewMounter> Views<M> {
+    /// Views of the snapshotter root `root`: mounted under `root/views`,
+    /// profiles under `root/profiles`; callers wait at most `wait_limit` for
+    /// a start or stop of the same chain by another caller.
+    pub fn new(mounter: M, root: PathBuf, wait_limit: Duration) -> Self {
+        Views {
+            mounter,
+            views_dir: root.join("views"),
+            root,
+            table: Mutex::new(Table {
+                entries: HashMap::new(),
+                generations: 0,
+            }),
+            changed: Condvar::new(),
+            wait_limit,
+        }
+    }
+
+    /// Mountpoint of `chain`'s view.
+    pub fn mountpoint(&self, chain: &ChainId) -> PathBuf {
+        self.views_dir.join(chain.mount_name())
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table<M::Handle>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for a change of the table, until `deadline`.
+    fn wait<'a>(
+        &'a self,
+        table: MutexGuard<'a, Table<M::Handle>>,
+        deadline: Instant,
+        chain: &ChainId,
+    ) -> Result<MutexGuard<'a, Table<M::Handle>>> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::View {
+                chain: chain.clone(),
+                source: ViewError::Busy(self.wait_limit),
+            });
+        }
+        Ok(self
+            .changed
+            .wait_timeout(table, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0)
+    }
+
+    fn spec(&self, req: &Request<'_>) -> ViewSpec {
+        ViewSpec {
+            chain: req.chain.clone(),
+            layers: req.layers.iter().map(|(_, d)| d.clone()).collect(),
+            mountpoint: self.mountpoint(req.chain),
+            profile: req.profiled.then(|| profile_path(&self.root, req.chain)),
+        }
+    }
+
+    /// Registers `req.user` on its chain's view, starting the view if needed.
+    pub fn acquire(&self, req: &Request<'_>) -> Result<PathBuf> {
+        self.acquire_with(req, false)
+    }
+
+    /// Like [`Views::acquire`], adopting a view left serving by an earlier run.
+    pub fn restore(&self, req: &Request<'_>) -> Result<PathBuf> {
+        self.acquire_with(req, true)
+    }
+
+    fn acquire_with(&self, req: &Request<'_>, adopt: bool) -> Result<PathBuf> {
+        let spec = self.spec(req);
+        let deadline = Instant::now() + self.wait_limit;
+        let mut table = self.table();
+        loop {
+            let Some(entry) = table.entries.get_mut(req.chain) else {
+                table.generations += 1;
+                let generation = table.generations;
+                table.entries.insert(
+                    req.chain.clone(),
+                    Entry {
+                        slot: Slot::Starting,
+                        generation,
+                        users: BTreeSet::from([req.user.to_string()]),
+                        pinned: req.layers.iter().map(|(id, _)| *id).collect(),
+                    },
+                );
+                break;
+            };
+            let handle = match &entry.slot {
+                Slot::Running(_) if adopt => {
+                    entry.users.insert(req.user.to_string());
+                    return Ok(spec.mountpoint);
+                }
+                Slot::Running(handle) => handle.clone(),
+                Slot::Starting | Slot::Stopping => {
+                    table = self.wait(table, deadline, req.chain)?;
+                    continue;
+                }
+            };
+            let generation = entry.generation;
+            drop(table);
+            let serving = self.mounter.is_serving(&handle);
+            table = self.table();
+            let Some(entry) = table
+                .entries
+                .get_mut(req.chain)
+                .filter(|e| e.generation == generation && matches!(e.slot, Slot::Running(_)))
+            else {
+                // Stopped or replaced meanwhile: look again.
+                continue;
+            };
+            if serving {
+                entry.users.insert(req.user.to_string());
+                return Ok(spec.mountpoint);
+            }
+            // Its server died: the view is gone for everyone; a new one
+            // serves new containers once the dead one is cleared away.
+            tracing::error!(chain = %req.chain, "view server is gone; starting a new one");
+            entry.slot = Slot::Stopping;
+            drop(table);
+            if let Err(e) = self.mounter.stop(&handle) {
+                tracing::warn!(chain = %req.chain, error = %e, "cannot clear away the dead view");
+            }
+            table = self.table();
+            if table
+                .entries
+                .get(req.chain)
+                .is_some_and(|e| e.generation == generation)
+            {
+                table.entries.remove(req.chain);
+            }
+            self.changed.notify_all();
+        }
+        drop(table);
+        let started = self.start(&spec, adopt);
+        let mut table = self.table();
+        let result = match started {
+            Ok(handle) => {
+                let entry = table.entries.get_mut(req.chain).expect("starting entry");
+                entry.slot = Slot::Running(Arc::new(handle));
+                Ok(spec.mountpoint)
+            }
+            Err(e) => {
+                table.entries.remove(req.chain);
+                // Under the lock: a next start of the chain makes it anew.
+                let _ = std::fs::remove_dir(&spec.mountpoint);
+                Err(Error::View {
+                    chain: req.chain.clone(),
+                    source: e.into(),
+                })
+            }
+        };
+        self.changed.notify_all();
+        result
+    }
+
+    fn start(&self, spec: &ViewSpec, adopt: bool) -> std::result::Result<M::Handle, MountError> {
+        if adopt {
+            match self.mounter.adopt(spec) {
+                Ok(Some(handle)) => {
+                    tracing::info!(chain = %spec.chain, "view adopted: its server kept serving");
+                    return Ok(handle);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(chain = %spec.chain, error = %e, "cannot tell whether the view still serves; mounting it anew")
+                }
+            }
+        }
+        std::fs::create_dir_all(&spec.mountpoint).map_err(|source| MountError::Mountpoint {
+            path: spec.mountpoint.clone(),
+            source,
+        })?;
+        let handle = self.mounter.mount(spec)?;
+        tracing::info!(chain = %spec.chain, mountpoint = %spec.mountpoint.display(), layers = spec.layers.len(), profiled = spec.profile.is_some(), "view mounted");
+        Ok(handle)
+    }
+
+    /// Drops `user` from `chain`'s view; stops the view when it was the last
+    /// user. True when the view was stopped (the layers it read may be
+    /// free). A view that cannot be stopped is kept with `user` on it, so
+    /// that a retry stops it, and its layers stay pinned.
+    pub fn release(&self, user: &str, chain: &ChainId) -> Result<bool> {
+        let mut table = self.table();
+        let Some(entry) = table.entries.get_mut(chain) else {
+            return Ok(false);
+        };
+        entry.users.remove(user);
+        if !entry.users.is_empty() || !matches!(entry.slot, Slot::Running(_)) {
+            return Ok(false);
+        }
+        let Slot::Running(handle) = std::mem::replace(&mut entry.slot, Slot::Stopping) else {
+            unreachable!("matched above")
+        };
+        drop(table);
+        let stopped = self.mounter.stop(&handle);
+        if stopped.is_ok() {
+            let _ = std::fs::remove_dir(self.mountpoint(chain));
+        }
+        let mut table = self.table();
+        let result = match stopped {
+            Ok(outcome) => {
+                table.entries.remove(chain);
+                Ok(outcome)
+            }
+            Err(e) => {
+                let entry = table.entries.get_mut(chain).expect("stopping entry");
+                entry.slot = Slot::Running(handle);
+                entry.users.insert(user.to_string());
+                Err(Error::View {
+                    chain: chain.clone(),
+                    source: ViewError::Stop(e),
+                })
+            }
+        };
+        self.changed.notify_all();
+        drop(table);
+        match result? {
+            StopOutcome::Stopped => tracing::info!(%chain, "view stopped"),
+            StopOutcome::Detached => {
+                tracing::info!(
+                    %chain,
+                    "view detached; it serves its remaining users elsewhere"
+                )
+            }
+            StopOutcome::Aborted => {
+                tracing::error!(%chain, "view server hung; connection aborted")
+            }
+        }
+        Ok(true)
+    }
+
+    /// Snapshot ids whose directories live views read.
+    pub fn pinned(&self) -> HashSet<SnapshotId> {
+        self.table()
+            .entries
+            .values()
+            .flat_map(|e| e.pinned.iter().copied())
+            .collect()
+    }
+
+    /// Chains with a view and their users.
+    pub fn status(&self) -> Vec<(ChainId, Vec<String>)> {
+        let mut out: Vec<_> = self
+            .table()
+            .entries
+            .iter()
+            .map(|(c, e)| (c.clone(), e.users.iter().cloned().collect()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Mountpoints of the views this daemon knows.
+    pub fn known_mountpoints(&self) -> HashSet<PathBuf> {
+        self.table()
+            .entries
+            .keys()
+            .map(|c| self.mountpoint(c))
+            .collect()
+    }
+
+    /// The directory of view mountpoints.
+    pub fn views_dir(&self) -> &Path {
+        &self.views_dir
+    }
+}
