@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use pare_fs::id::{Digest, profile_path};
 use pare_fs::layers::LayerStack;
 use pare_fs::profile::{self, ImagePath};
 use pare_tools::compact::closure::Index;
@@ -113,7 +114,7 @@ async fn compact(args: CompactArgs) -> anyhow::Result<()> {
 
     let profile_path = match &args.profile {
         Some(path) => path.clone(),
-        None => args.root.join("profiles").join(&source.top_chain_id),
+        None => profile_path(&args.root, &source.top_chain_id),
     };
     let profile_bytes = read_settled(&profile_path).with_context(|| {
         format!(
@@ -126,7 +127,7 @@ async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     let profile = profile::read_bytes(&profile_path, &profile_bytes)?;
     refuse_incomplete(&profile, &profile_path, args.allow_incomplete)?;
     match &profile.header.image {
-        Some(chain) if chain != &source.top_chain_id => bail!(
+        Some(chain) if chain != source.top_chain_id.as_str() => bail!(
             "{} is a profile of image chain {chain}, not of {} ({})",
             profile_path.display(),
             args.image,
@@ -183,17 +184,17 @@ async fn compact(args: CompactArgs) -> anyhow::Result<()> {
     let mut annotations = BTreeMap::new();
     annotations.insert(
         ANNOTATION_SOURCE_IMAGE.to_string(),
-        source.manifest_digest.clone(),
+        source.manifest_digest.to_string(),
     );
     annotations.insert(
         ANNOTATION_PROFILE.to_string(),
-        oci::sha256_digest(&profile_bytes),
+        Digest::sha256(&profile_bytes).to_string(),
     );
     let layer_size = layer_blob.size();
     let image = oci::build_image(
         &source.config,
         layer_blob,
-        &out.diff_id,
+        &Digest::parse(&out.diff_id)?,
         &annotations,
         &format!(
             "pare compact {} (profile {})",
@@ -284,7 +285,7 @@ pub async fn profile_of(
 ) -> anyhow::Result<PathBuf> {
     let client = Client::connect(address, namespace).await?;
     let source = client.image(image).await?;
-    let path = root.join("profiles").join(&source.top_chain_id);
+    let path = profile_path(root, &source.top_chain_id);
     anyhow::ensure!(
         path.exists(),
         "no profile for {image} (chain {}) in {}",

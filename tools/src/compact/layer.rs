@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 
+use oci_spec::image::MediaType;
 use pare_fs::layers::Kind;
 use pare_fs::profile::ImagePath;
 use sha2::{Digest, Sha256};
@@ -32,10 +33,10 @@ pub enum Compression {
 
 impl Compression {
     /// OCI media type of a layer with this compression.
-    pub fn media_type(self) -> &'static str {
+    pub fn media_type(self) -> MediaType {
         match self {
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::Gzip => MediaType::ImageLayerGzip,
+            Compression::Zstd => MediaType::ImageLayerZstd,
         }
     }
 }
