@@ -68,8 +68,8 @@ impl Client {
         let manifest_digest = if is_manifest(&media_type) {
             target_digest
         } else if is_index(&media_type) {
-            let index: ImageIndex =
-                parse_json(&self.read_blob(&target_digest).await?, "index").map_err(bad)?;
+            let index: ImageIndex = parse_json(&self.read_blob(&target_digest).await?, "index")
+                .map_err(|e| bad(e.to_string()))?;
             let (os, arch) = host_platform();
             let entry =
                 select_manifest(&index, os, arch).ok_or_else(|| ContainerdError::NoPlatform {
@@ -84,7 +84,8 @@ impl Client {
             )));
         };
         let manifest = self.read_blob(&manifest_digest).await?;
-        let parsed: ImageManifest = parse_json(&manifest, "manifest").map_err(bad)?;
+        let parsed: ImageManifest =
+            parse_json(&manifest, "manifest").map_err(|e| bad(e.to_string()))?;
         let config_digest =
             digest_of(parsed.config()).map_err(|e| bad(format!("the manifest's config: {e}")))?;
         let layers = parsed.layers().clone();

@@ -148,9 +148,9 @@ fn blobs_of<L: Content>(image: &NewImage<L>) -> Vec<&dyn Content> {
 
 /// The manifests of an existing `index.json` other than the one named `ref_name`.
 fn other_entries(path: &Path, bytes: &[u8], ref_name: &str) -> Result<Vec<Descriptor>, OciError> {
-    let index: ImageIndex = parse_json(bytes, "index").map_err(|reason| OciError::BadIndex {
+    let index: ImageIndex = parse_json(bytes, "index").map_err(|e| OciError::BadIndex {
         path: path.to_path_buf(),
-        reason,
+        reason: e.to_string(),
     })?;
     Ok(index
         .manifests()

@@ -42,6 +42,14 @@ pub enum OciError {
         /// The serializer's error.
         source: serde_json::Error,
     },
+    /// A manifest, index or other OCI document cannot be read as one.
+    #[error("the {what} is not valid: {source}")]
+    Invalid {
+        /// The document being read.
+        what: &'static str,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
     /// The layout directory holds files but no `oci-layout`.
     #[error("{} is not empty and not an OCI image layout; refusing to write into it", dir.display())]
     NotALayout {

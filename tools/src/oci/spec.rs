@@ -33,11 +33,11 @@ pub fn canonical_json<T: Serialize>(value: &T, what: &'static str) -> Result<Vec
 }
 
 /// Parses `bytes` as an OCI document; `what` names it in the error.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
-    let mut value: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("the {what} is not valid JSON: {e}"))?;
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, OciError> {
+    let invalid = |source| OciError::Invalid { what, source };
+    let mut value: Value = serde_json::from_slice(bytes).map_err(invalid)?;
     rename_platform_keys(&mut value, SPEC_NAMES);
-    serde_json::from_value(value).map_err(|e| format!("the {what} is not valid: {e}"))
+    serde_json::from_value(value).map_err(invalid)
 }
 
 /// The platform keys the OCI spec names with a dot and `oci-spec` 0.10's
