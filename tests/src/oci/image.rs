@@ -9,7 +9,9 @@ use oci_spec::image::{
     Arch, Config, ImageConfiguration, ImageManifestBuilder, MediaType, Os, RootFs,
 };
 use pare_fs::id::{ChainId, Digest};
-use pare_tools::oci::{canonical_json, descriptor, index, index_entry, layout_file, platform_of};
+use pare_tools::oci::{
+    canonical_json, descriptor, index_entry, index_json, layout_file, platform_of,
+};
 
 use super::{BuiltLayer, Layer};
 
@@ -173,7 +175,7 @@ impl Image {
             image.manifest.len() as u64,
         );
         let entry = index_entry(manifest, name, platform_of(&image.config));
-        let index = canonical_json(&index(vec![entry]), "the image index")?;
+        let index = index_json(vec![entry])?;
 
         let mut archive = Layer::new(0);
         archive.file("oci-layout", layout_file()?, 0o644);

@@ -9,8 +9,8 @@ use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 
 use super::blob::{replace_with, tmp_path};
 use super::{
-    Blob, Content, NewImage, OciError, canonical_json, image_name_of, index, index_entry,
-    layout_file, parse_json,
+    Blob, Content, NewImage, OciError, image_name_of, index_entry, index_json, layout_file,
+    parse_json,
 };
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OciError {
@@ -62,7 +62,7 @@ pub fn write_layout<L: Content>(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io("read", &index_path)(e)),
     };
-    write_atomic(&index_path, &index_json(image, ref_name, others)?)
+    write_atomic(&index_path, &image_index_json(image, ref_name, others)?)
 }
 
 /// Writes the OCI image layout of `image` named `ref_name` (as
@@ -80,7 +80,7 @@ pub fn write_layout_tar<L: Content>(
     // The two small files, as blobs for streaming alike.
     let index = Blob::new(
         MediaType::ImageIndex,
-        index_json(image, ref_name, Vec::new())?,
+        image_index_json(image, ref_name, Vec::new())?,
     );
     let layout = Blob::new(MediaType::LayoutHeader, layout_file()?);
     let mut entries: Vec<(String, &dyn Content)> = vec![
@@ -161,14 +161,14 @@ fn other_entries(path: &Path, bytes: &[u8], ref_name: &str) -> Result<Vec<Descri
 }
 
 /// `index.json`: the `others`, then `image` named `ref_name` with its platform.
-fn index_json<L: Content>(
+fn image_index_json<L: Content>(
     image: &NewImage<L>,
     ref_name: &str,
     others: Vec<Descriptor>,
 ) -> Result<Vec<u8>, OciError> {
     let mut manifests = others;
     manifests.push(index_entry(image.descriptor(), ref_name, image.platform()));
-    canonical_json(&index(manifests), "the image index")
+    index_json(manifests)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`.

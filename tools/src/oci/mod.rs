@@ -13,8 +13,8 @@ pub use blob::{Blob, Content, FileBlob, Spool};
 pub use image::{HISTORY_COMMENT, NewImage, build_image};
 pub use layout::{write_layout, write_layout_tar};
 pub use spec::{
-    LAYOUT_VERSION, canonical_json, descriptor, diff_ids, digest_of, image_name_of, index,
-    index_entry, is_index, is_manifest, layout_file, parse_json, platform_of, tag_of,
+    LAYOUT_VERSION, canonical_json, descriptor, diff_ids, digest_of, image_name_of, index_entry,
+    index_json, is_index, is_manifest, layout_file, parse_json, platform_of, tag_of,
 };
 
 /// Annotation naming the source image's manifest digest.

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use oci_spec::image::{
-    ANNOTATION_REF_NAME, Descriptor, ImageIndex, ImageIndexBuilder, MediaType, OciLayoutBuilder,
-    Platform, RootFs, ToDockerV2S2,
+    ANNOTATION_REF_NAME, Descriptor, ImageIndexBuilder, MediaType, OciLayoutBuilder, Platform,
+    RootFs, ToDockerV2S2,
 };
 use pare_fs::id::{Digest, DigestError};
 use serde::Serialize;
@@ -22,17 +22,36 @@ pub const LAYOUT_VERSION: &str = "1.0.0";
 
 /// Serializes `value` with every object's keys sorted, compactly: the same
 /// value always gives the same bytes, whatever the order of the hash maps
-/// (`oci-spec` keeps annotations and labels in `HashMap`s). A platform's
-/// `os.version` and `os.features` get the spec's names.
+/// (`oci-spec` keeps annotations and labels in `HashMap`s).
 pub fn canonical_json<T: Serialize>(value: &T, what: &'static str) -> Result<Vec<u8>, OciError> {
-    let json = |source| OciError::Json { what, source };
-    let mut value = serde_json::to_value(value).map_err(json)?;
-    rename_platform_keys(&mut value, SPEC_NAMES.map(|(ours, theirs)| (theirs, ours)));
-    value.sort_all_objects();
-    serde_json::to_vec(&value).map_err(json)
+    let value = serde_json::to_value(value).map_err(|source| OciError::Json { what, source })?;
+    sorted_json(value, what)
 }
 
-/// Parses `bytes` as an OCI document; `what` names it in the error.
+/// `value` serialized with every object's keys sorted.
+fn sorted_json(mut value: Value, what: &'static str) -> Result<Vec<u8>, OciError> {
+    value.sort_all_objects();
+    serde_json::to_vec(&value).map_err(|source| OciError::Json { what, source })
+}
+
+/// An image index of `manifests`, as [`canonical_json`] writes it, with the
+/// spec's names of a platform's `os.version` and `os.features`.
+pub fn index_json(manifests: Vec<Descriptor>) -> Result<Vec<u8>, OciError> {
+    let what = "the image index";
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
+        .expect("the index has its required fields");
+    let mut value =
+        serde_json::to_value(&index).map_err(|source| OciError::Json { what, source })?;
+    rename_platform_keys(&mut value, SPEC_NAMES.map(|(spec, ours)| (ours, spec)));
+    sorted_json(value, what)
+}
+
+/// Parses `bytes` as an OCI document (a platform's `os.version` and
+/// `os.features` read as `oci-spec` names them); `what` names it in the error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, OciError> {
     let invalid = |source| OciError::Invalid { what, source };
     let mut value: Value = serde_json::from_slice(bytes).map_err(invalid)?;
@@ -195,16 +214,6 @@ pub fn image_name_of(entry: &Descriptor) -> Option<&str> {
         .as_ref()?
         .get(ANNOTATION_IMAGE_NAME)
         .map(String::as_str)
-}
-
-/// An image index of `manifests`.
-pub fn index(manifests: Vec<Descriptor>) -> ImageIndex {
-    ImageIndexBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageIndex)
-        .manifests(manifests)
-        .build()
-        .expect("the index has its required fields")
 }
 
 #[cfg(test)]
