@@ -8,8 +8,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+use pare_fs::id::ChainId;
 use pare_tests::oci::{Image, ImageConfig, host_tools_layer};
-use serde_json::Value;
+use pare_tools::oci::{diff_ids, digest_of, parse_json};
 use sha2::{Digest as _, Sha256};
 
 use crate::layers;
@@ -108,38 +110,21 @@ fn build(rootfs: &Path, dir: &Path) -> anyhow::Result<()> {
 
 /// The chain ID of the top layer of the single image in OCI archive
 /// `archive` (the parent of its containers' snapshots).
-pub fn top_chain_id(archive: &Path) -> anyhow::Result<String> {
-    let blobs = read_archive(archive)?;
-    let json = |name: &str| -> anyhow::Result<Value> {
-        let bytes = blobs
+pub fn top_chain_id(archive: &Path) -> anyhow::Result<ChainId> {
+    let files = read_archive(archive)?;
+    let file = |name: &str| {
+        files
             .get(name)
-            .with_context(|| format!("{} has no {name}", archive.display()))?;
-        Ok(serde_json::from_slice(bytes)?)
+            .with_context(|| format!("{} has no {name}", archive.display()))
     };
-    let blob = |digest: &Value| {
-        let digest = digest.as_str().unwrap_or_default();
-        format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
+    let blob = |descriptor: &Descriptor| -> anyhow::Result<&Vec<u8>> {
+        file(&format!("blobs/sha256/{}", digest_of(descriptor)?.hex()))
     };
-    let index = json("index.json")?;
-    let manifest = json(&blob(&index["manifests"][0]["digest"]))?;
-    let config = json(&blob(&manifest["config"]["digest"]))?;
-    let diff_ids = config["rootfs"]["diff_ids"]
-        .as_array()
-        .context("the image config has no rootfs.diff_ids")?;
-    // chainID(L0) = diffID(L0), chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln)).
-    let mut chain: Option<String> = None;
-    for diff_id in diff_ids {
-        let diff_id = diff_id.as_str().context("a diff ID is not a string")?;
-        chain = Some(match chain {
-            None => diff_id.to_string(),
-            Some(parent) => {
-                let hash = Sha256::digest(format!("{parent} {diff_id}"));
-                let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-                format!("sha256:{hex}")
-            }
-        });
-    }
-    chain.context("the image has no layers")
+    let index: ImageIndex = parse_json(file("index.json")?, "index")?;
+    let entry = index.manifests().first().context("the index is empty")?;
+    let manifest: ImageManifest = parse_json(blob(entry)?, "manifest")?;
+    let diff_ids = diff_ids(blob(manifest.config())?)?;
+    ChainId::of(&diff_ids).context("the image has no layers")
 }
 
 /// The small files of an OCI archive (index, manifests, configs), by path.

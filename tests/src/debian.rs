@@ -9,7 +9,8 @@ use std::process::Command;
 use anyhow::{Context, Result, ensure};
 
 use crate::dirtar;
-use crate::oci::{BuiltLayer, Digest, Image, ImageConfig, Layer, gzip};
+use crate::oci::{BuiltLayer, Image, ImageConfig, Layer, gzip};
+use pare_fs::id::Digest;
 
 /// mtime of the application layers' entries.
 pub const MTIME: u64 = 1_700_000_000;
@@ -44,8 +45,8 @@ pub fn dir_layer(dir: &Path) -> Result<BuiltLayer> {
     let tar = dirtar::tar_dir(dir, MOUNT_TARGETS)?;
     let gz = gzip(&tar).with_context(|| format!("cannot gzip the layer of {}", dir.display()))?;
     Ok(BuiltLayer {
-        diff_id: Digest::of(&tar),
-        digest: Digest::of(&gz),
+        diff_id: Digest::sha256(&tar),
+        digest: Digest::sha256(&gz),
         tar,
         gz,
     })

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use oci_spec::image::MediaType;
 use pare_fs::profile::{AccessKind, Recorder};
-use pare_tools::oci::{Content, MEDIA_LAYER_TAR, Spool, build_image, write_layout_tar};
+use pare_tools::oci::{Content, Spool, build_image, write_layout_tar};
 
 /// mtime of the generated entries.
 const MTIME: u64 = 1_700_000_000;
@@ -124,8 +125,8 @@ pub fn write_large_image(
         tar.append_data(&mut header, &file.path[1..], file.content())?;
         generated.push(file);
     }
-    let layer = tar.into_inner()?.finish(MEDIA_LAYER_TAR)?;
-    let diff_id = layer.digest().to_string();
+    let layer = tar.into_inner()?.finish(MediaType::ImageLayer)?;
+    let diff_id = layer.digest().clone();
     let config = br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/data"]}}"#;
     let image = build_image(
         config,
@@ -138,7 +139,7 @@ pub fn write_large_image(
     write_layout_tar(&archive, &image, name)?;
     Ok(LargeImage {
         archive,
-        diff_id,
+        diff_id: diff_id.to_string(),
         files: generated,
         content_bytes: files as u64 * file_size,
     })

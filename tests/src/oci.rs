@@ -1,6 +1,6 @@
 //! Deterministic OCI image builder for tests: layers as tar (with whiteouts,
-//! opaque dirs, hardlinks, devices and PAX `SCHILY.xattr.*` records), images as
-//! OCI layout tarballs that `ctr images import` accepts, and chain IDs.
+//! opaque dirs, hardlinks, devices and PAX `SCHILY.xattr.*` records), and images
+//! as OCI layout tarballs that `ctr images import` accepts.
 //!
 //! The same input always gives the same bytes: entries are sorted by path,
 //! every time is given by the caller, gzip headers carry mtime 0.
@@ -9,65 +9,15 @@ mod image;
 mod tools;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::io::Write;
 
 use anyhow::{Context, Result, bail, ensure};
 use flate2::{Compression, GzBuilder};
-use sha2::{Digest as _, Sha256};
+use pare_fs::id::Digest;
 use tar::{EntryType, Header};
 
 pub use image::{BuiltImage, Image, ImageConfig};
 pub use tools::{DEFAULT_TOOLS, host_tools_layer};
-
-/// Media type of a gzip-compressed layer.
-pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-
-/// A content digest, `sha256:<64 hex digits>` (a diff ID, a blob digest or a chain ID).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Digest(String);
-
-impl Digest {
-    /// The sha256 digest of `bytes`.
-    pub fn of(bytes: &[u8]) -> Digest {
-        Digest(format!("sha256:{}", hex(&Sha256::digest(bytes))))
-    }
-
-    /// The hex part, without `sha256:`.
-    pub fn hex(&self) -> &str {
-        &self.0["sha256:".len()..]
-    }
-
-    /// The whole digest, `sha256:<hex>`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Chain IDs of a layer stack, bottom first: `chainID(L0) = diffID(L0)`,
-/// `chainID(Ln) = sha256(chainID(Ln-1) + " " + diffID(Ln))`. containerd (and
-/// the snapshotter) name committed layer snapshots by them.
-pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
-    let mut chain: Vec<Digest> = Vec::with_capacity(diff_ids.len());
-    for diff_id in diff_ids {
-        let next = match chain.last() {
-            None => diff_id.clone(),
-            Some(parent) => Digest::of(format!("{parent} {diff_id}").as_bytes()),
-        };
-        chain.push(next);
-    }
-    chain
-}
 
 /// A `security.capability` value: `vfs_cap_data` revision 2 (20 bytes) with
 /// the given permitted and inheritable capability sets (bit n = capability n)
@@ -364,8 +314,8 @@ impl Layer {
         let tar = self.tar()?;
         let gz = gzip(&tar)?;
         Ok(BuiltLayer {
-            diff_id: Digest::of(&tar),
-            digest: Digest::of(&gz),
+            diff_id: Digest::sha256(&tar),
+            digest: Digest::sha256(&gz),
             tar,
             gz,
         })

@@ -483,7 +483,7 @@ fn check_long_names(containerd: &Containerd, scratch: &Scratch) -> Result<()> {
         .layer(&layer)?
         .write_oci_archive(SOURCE, &tarball)?;
     ctr.import(&tarball, "overlayfs")?;
-    let chain = built.top_chain_id().context("one layer")?.to_string();
+    let chain = built.top_chain_id().context("one layer")?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -523,7 +523,7 @@ fn check_long_names(containerd: &Containerd, scratch: &Scratch) -> Result<()> {
 
     let profile = scratch.path().join("long-names.profile");
     let profiled = [&n.link, &n.file, &n.short_link].map(|p| format!("/{p}"));
-    pare_tests::large::write_profile(&profile, &chain, profiled.iter())?;
+    pare_tests::large::write_profile(&profile, chain.as_str(), profiled.iter())?;
     let out = run_with_timeout(
         Command::new(pare_bin())
             .arg("compact")

@@ -8,6 +8,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
+use oci_spec::image::MediaType;
+use pare_fs::id::{ChainId, Digest};
 use pare_tests::containerd::{Containerd, Ctr, NAMESPACE};
 use pare_tests::images::MTIME;
 use pare_tests::mounts::Scratch;
@@ -17,8 +19,8 @@ use pare_tests::oci::{
 use pare_tests::prereq::{CONTAINERD, Need, privileged};
 use pare_tools::containerd::{Client, ContainerdError, SourceImage};
 use pare_tools::oci::{
-    ANNOTATION_PROFILE, ANNOTATION_SOURCE_IMAGE, Blob, MEDIA_LAYER_GZIP, NewImage, build_image,
-    sha256_digest, write_layout, write_layout_tar,
+    ANNOTATION_PROFILE, ANNOTATION_SOURCE_IMAGE, Blob, NewImage, build_image, digest_of,
+    write_layout, write_layout_tar,
 };
 
 const SOURCE: &str = "docker.io/pare-tests/source:v1";
@@ -117,7 +119,7 @@ async fn check(containerd: &Containerd, scratch: &Path) -> Result<()> {
 
     let dirs = client.layer_dirs(SNAPSHOTTER, &source.top_chain_id).await?;
     check_layer_dirs(&dirs)?;
-    let unknown = pare_tools::oci::chain_id(&[PROFILE_DIGEST.to_string()]);
+    let unknown = ChainId::from(Digest::parse(PROFILE_DIGEST)?);
     let err = client
         .layer_dirs(SNAPSHOTTER, &unknown)
         .await
@@ -146,25 +148,24 @@ async fn check(containerd: &Containerd, scratch: &Path) -> Result<()> {
 }
 
 fn check_source(source: &SourceImage, built: &BuiltImage) -> Result<()> {
-    let diff_ids: Vec<String> = built.diff_ids().iter().map(|d| d.to_string()).collect();
-    let top = built.top_chain_id().context("layers")?.to_string();
+    let top = built.top_chain_id().context("layers")?;
     ensure!(source.name == SOURCE);
-    ensure!(source.manifest_digest == built.manifest_digest.as_str());
+    ensure!(source.manifest_digest == built.manifest_digest);
     ensure!(source.manifest == built.manifest);
-    ensure!(source.config_digest == built.config_digest.as_str());
+    ensure!(source.config_digest == built.config_digest);
     ensure!(source.config == built.config);
-    ensure!(source.diff_ids == diff_ids, "{:?}", source.diff_ids);
+    ensure!(source.diff_ids == built.diff_ids(), "{:?}", source.diff_ids);
     ensure!(
         source.top_chain_id == top,
         "{} != {top}",
         source.top_chain_id
     );
-    let layer_digests: Vec<&str> = source
+    let layer_digests: Vec<Digest> = source
         .layers
         .iter()
-        .filter_map(|l| l["digest"].as_str())
-        .collect();
-    let built_digests: Vec<&str> = built.layers.iter().map(|l| l.digest.as_str()).collect();
+        .map(digest_of)
+        .collect::<Result<_, _>>()?;
+    let built_digests: Vec<Digest> = built.layers.iter().map(|l| l.digest.clone()).collect();
     ensure!(layer_digests == built_digests, "{layer_digests:?}");
     Ok(())
 }
@@ -211,14 +212,14 @@ fn new_image(source: &SourceImage, built: &BuiltImage, top_dir: &Path) -> Result
     let annotations = BTreeMap::from([
         (
             ANNOTATION_SOURCE_IMAGE.to_string(),
-            source.manifest_digest.clone(),
+            source.manifest_digest.to_string(),
         ),
         (ANNOTATION_PROFILE.to_string(), PROFILE_DIGEST.to_string()),
     ]);
     Ok(build_image(
         &source.config,
-        Blob::new(MEDIA_LAYER_GZIP, gzip(&tar)?),
-        &sha256_digest(&tar),
+        Blob::new(MediaType::ImageLayerGzip, gzip(&tar)?),
+        &Digest::sha256(&tar),
         &annotations,
         "pare compact docker.io/pare-tests/source:v1",
     )?)
@@ -232,7 +233,7 @@ async fn check_store(client: &Client, ctr: &Ctr, image: &NewImage) -> Result<()>
     ensure!(
         images
             .lines()
-            .any(|l| l.starts_with(NEW) && l.contains(&image.manifest.digest)),
+            .any(|l| l.starts_with(NEW) && l.contains(image.manifest.digest.as_str())),
         "{NEW} with {} not listed:\n{images}",
         image.manifest.digest
     );
@@ -250,7 +251,7 @@ async fn check_store(client: &Client, ctr: &Ctr, image: &NewImage) -> Result<()>
     let manifest_line = |ctr: &Ctr| -> Result<String> {
         let list = String::from_utf8(ctr.ctr(&["content", "ls"])?.stdout)?;
         list.lines()
-            .find(|l| l.starts_with(&image.manifest.digest))
+            .find(|l| l.starts_with(image.manifest.digest.as_str()))
             .map(String::from)
             .context("manifest not in `ctr content ls`")
     };
@@ -343,7 +344,7 @@ fn check_layouts(ctr: &Ctr, scratch: &Path, image: &NewImage) -> Result<()> {
         ensure!(
             images
                 .lines()
-                .any(|l| l.starts_with(name) && l.contains(&image.manifest.digest)),
+                .any(|l| l.starts_with(name) && l.contains(image.manifest.digest.as_str())),
             "{name} with {} not listed:\n{images}",
             image.manifest.digest
         );

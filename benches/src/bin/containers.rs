@@ -305,7 +305,7 @@ fn bench(args: Args) -> anyhow::Result<()> {
     );
     let machine = Machine::describe(&["containerd", "runc"]);
     let archives = images::archives(&layers::debian_rootfs()?)?;
-    let python_chain = images::top_chain_id(&archives.python)?;
+    let python_chain = images::top_chain_id(&archives.python)?.to_string();
 
     let node = Node::start(&bin)?;
     for s in Snapshotter::ALL {

@@ -49,14 +49,6 @@ pub struct ViewOptions {
     pub fsname: String,
 }
 
-/// Serving threads per view unless configured: the machine's parallelism,
-/// at least 2 (a blocked read never stalls the view) and at most 8.
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get().clamp(2, 8))
-        .unwrap_or(2)
-}
-
 impl Default for ViewOptions {
     fn default() -> Self {
         ViewOptions {

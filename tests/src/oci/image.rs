@@ -5,16 +5,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde_json::{Map, Value, json};
+use oci_spec::image::{
+    Arch, Config, ImageConfiguration, ImageManifestBuilder, MediaType, Os, RootFs,
+};
+use pare_fs::id::{ChainId, Digest};
+use pare_tools::oci::{
+    canonical_json, descriptor, index_entry, index_json, layout_file, platform_of,
+};
 
-use super::{BuiltLayer, Digest, Layer, MEDIA_TYPE_LAYER_GZIP, chain_ids};
-
-/// Media type of an image manifest.
-pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// Media type of an image config.
-pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-/// Media type of an image index.
-pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+use super::{BuiltLayer, Layer};
 
 /// The runtime part of an image config (`config` in the OCI config JSON).
 /// Empty fields are left out of the JSON.
@@ -39,41 +38,22 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    fn to_json(&self) -> Value {
-        let mut config = Map::new();
-        let mut put = |key: &str, value: Value| {
-            config.insert(key.to_string(), value);
-        };
-        if let Some(user) = &self.user {
-            put("User", json!(user));
-        }
-        if !self.exposed_ports.is_empty() {
-            let ports: Map<String, Value> = self
-                .exposed_ports
-                .iter()
-                .map(|p| (p.clone(), json!({})))
-                .collect();
-            put("ExposedPorts", Value::Object(ports));
-        }
-        if !self.env.is_empty() {
-            put("Env", json!(self.env));
-        }
-        if !self.entrypoint.is_empty() {
-            put("Entrypoint", json!(self.entrypoint));
-        }
-        if !self.cmd.is_empty() {
-            put("Cmd", json!(self.cmd));
-        }
-        if let Some(dir) = &self.working_dir {
-            put("WorkingDir", json!(dir));
-        }
-        if !self.labels.is_empty() {
-            put("Labels", json!(self.labels));
-        }
-        if let Some(signal) = &self.stop_signal {
-            put("StopSignal", json!(signal));
-        }
-        Value::Object(config)
+    fn to_spec(&self) -> Config {
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        let mut config = Config::default();
+        config.set_user(self.user.clone());
+        config.set_exposed_ports(
+            (!self.exposed_ports.is_empty()).then(|| self.exposed_ports.iter().cloned().collect()),
+        );
+        config.set_env(list(&self.env));
+        config.set_entrypoint(list(&self.entrypoint));
+        config.set_cmd(list(&self.cmd));
+        config.set_working_dir(self.working_dir.clone());
+        config.set_labels(
+            (!self.labels.is_empty()).then(|| self.labels.clone().into_iter().collect()),
+        );
+        config.set_stop_signal(self.stop_signal.clone());
+        config
     }
 }
 
@@ -106,13 +86,13 @@ impl BuiltImage {
     }
 
     /// The layers' chain IDs, bottom first.
-    pub fn chain_ids(&self) -> Vec<Digest> {
-        chain_ids(&self.diff_ids())
+    pub fn chain_ids(&self) -> Vec<ChainId> {
+        ChainId::all_of(&self.diff_ids())
     }
 
     /// Chain ID of the top layer (keys the image's profile).
-    pub fn top_chain_id(&self) -> Option<Digest> {
-        self.chain_ids().pop()
+    pub fn top_chain_id(&self) -> Option<ChainId> {
+        ChainId::of(&self.diff_ids())
     }
 }
 
@@ -142,29 +122,35 @@ impl Image {
 
     /// Builds config and manifest (no `created` time, no history: deterministic).
     pub fn build(&self) -> Result<BuiltImage> {
-        let diff_ids: Vec<String> = self.layers.iter().map(|l| l.diff_id.to_string()).collect();
-        let config = serde_json::to_vec(&json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "config": self.config.to_json(),
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        }))?;
-        let config_digest = Digest::of(&config);
-        let layers: Vec<Value> = self
+        let mut rootfs = RootFs::default();
+        rootfs.set_diff_ids(self.layers.iter().map(|l| l.diff_id.to_string()).collect());
+        let mut config = ImageConfiguration::default();
+        config.set_architecture(Arch::Amd64);
+        config.set_os(Os::Linux);
+        config.set_config(Some(self.config.to_spec()));
+        config.set_rootfs(rootfs);
+        let config = canonical_json(&config, "the image config")?;
+        let config_digest = Digest::sha256(&config);
+        let layers = self
             .layers
             .iter()
-            .map(|l| descriptor(MEDIA_TYPE_LAYER_GZIP, &l.digest, l.gz.len()))
-            .collect();
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": MEDIA_TYPE_MANIFEST,
-            "config": descriptor(MEDIA_TYPE_CONFIG, &config_digest, config.len()),
-            "layers": layers,
-        }))?;
+            .map(|l| descriptor(MediaType::ImageLayerGzip, &l.digest, l.gz.len() as u64))
+            .collect::<Vec<_>>();
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(descriptor(
+                MediaType::ImageConfig,
+                &config_digest,
+                config.len() as u64,
+            ))
+            .layers(layers)
+            .build()?;
+        let manifest = canonical_json(&manifest, "the image manifest")?;
         Ok(BuiltImage {
             layers: self.layers.clone(),
             config_digest,
-            manifest_digest: Digest::of(&manifest),
+            manifest_digest: Digest::sha256(&manifest),
             config,
             manifest,
         })
@@ -183,32 +169,16 @@ impl Image {
     /// The OCI image layout tarball (see [`Image::write_oci_archive`]) and the image.
     pub fn oci_archive(&self, name: &str) -> Result<(BuiltImage, Vec<u8>)> {
         let image = self.build()?;
-        let tag = name
-            .rsplit_once(':')
-            .filter(|(_, tag)| !tag.contains('/'))
-            .map_or("latest", |(_, tag)| tag);
-        let mut manifest = descriptor(
-            MEDIA_TYPE_MANIFEST,
+        let manifest = descriptor(
+            MediaType::ImageManifest,
             &image.manifest_digest,
-            image.manifest.len(),
+            image.manifest.len() as u64,
         );
-        manifest["annotations"] = json!({
-            "io.containerd.image.name": name,
-            "org.opencontainers.image.ref.name": tag,
-        });
-        manifest["platform"] = json!({"architecture": "amd64", "os": "linux"});
-        let index = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": MEDIA_TYPE_INDEX,
-            "manifests": [manifest],
-        }))?;
+        let entry = index_entry(manifest, name, platform_of(&image.config));
+        let index = index_json(vec![entry])?;
 
         let mut archive = Layer::new(0);
-        archive.file(
-            "oci-layout",
-            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
-            0o644,
-        );
+        archive.file("oci-layout", layout_file()?, 0o644);
         archive.file("index.json", index, 0o644);
         archive.dir_all("blobs/sha256", 0o755);
         let mut blobs: BTreeMap<&Digest, &[u8]> = BTreeMap::new();
@@ -223,8 +193,4 @@ impl Image {
         let tar = archive.tar()?;
         Ok((image, tar))
     }
-}
-
-fn descriptor(media_type: &str, digest: &Digest, size: usize) -> Value {
-    json!({"mediaType": media_type, "digest": digest.as_str(), "size": size})
 }

@@ -13,9 +13,11 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 
+use oci_spec::image::MediaType;
 use pare_fs::layers::Kind;
 use pare_fs::profile::ImagePath;
-use sha2::{Digest, Sha256};
+use pare_fs::id::Digest;
+use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 
 use super::closure::{HardlinkGroup, Kept};
@@ -32,10 +34,10 @@ pub enum Compression {
 
 impl Compression {
     /// OCI media type of a layer with this compression.
-    pub fn media_type(self) -> &'static str {
+    pub fn media_type(self) -> MediaType {
         match self {
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::Gzip => MediaType::ImageLayerGzip,
+            Compression::Zstd => MediaType::ImageLayerZstd,
         }
     }
 }
@@ -53,7 +55,7 @@ const USTAR_NUM_MAX: u64 = 0o77_777_777_777;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerOut {
     /// `sha256:` of the uncompressed tar (the diff ID).
-    pub diff_id: String,
+    pub diff_id: Digest,
     /// Size of the uncompressed tar.
     pub tar_size: u64,
     /// Entries written.
@@ -244,7 +246,7 @@ pub fn write<W: Write>(
         out_entries += 1;
     }
     let hashing = builder.into_inner()?;
-    let diff_id = format!("sha256:{:x}", hashing.hash.finalize());
+    let diff_id = Digest::from_hash(&hashing.hash.finalize());
     let out = hashing.inner.finish()?;
     Ok((
         LayerOut {

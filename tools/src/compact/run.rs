@@ -184,7 +184,7 @@ pub async fn profile_of(
     image: &str,
 ) -> Result<PathBuf, CompactError> {
     let source = client.image(image).await?;
-    let chain = ChainId::from_snapshot_name(source.top_chain_id.clone());
+    let chain = source.top_chain_id.clone();
     source::recorded_profile(root, image, &chain)
 }
 
@@ -202,7 +202,7 @@ pub async fn compact(
     };
     let client = Client::connect(&request.address, &request.namespace).await?;
     let source = client.image(&request.image).await?;
-    let chain = ChainId::from_snapshot_name(source.top_chain_id.clone());
+    let chain = source.top_chain_id.clone();
     let profile = source::read(
         &request.root,
         request.profile.as_deref(),
@@ -254,11 +254,11 @@ pub async fn compact(
     let annotations = BTreeMap::from([
         (
             ANNOTATION_SOURCE_IMAGE.to_string(),
-            source.manifest_digest.clone(),
+            source.manifest_digest.to_string(),
         ),
         (
             ANNOTATION_PROFILE.to_string(),
-            oci::sha256_digest(&profile.bytes),
+            Digest::sha256(&profile.bytes).to_string(),
         ),
     ]);
     let image = oci::build_image(
@@ -280,10 +280,10 @@ pub async fn compact(
         image: tag,
         oci_layout: request.oci_layout.clone(),
         profile: profile.path,
-        manifest_digest: Digest::parse(&image.manifest.digest)?,
-        config_digest: Digest::parse(&image.config.digest)?,
-        layer_digest: Digest::parse(image.layer.digest())?,
-        layer_diff_id: Digest::parse(&out.diff_id)?,
+        manifest_digest: image.manifest.digest.clone(),
+        config_digest: image.config.digest.clone(),
+        layer_digest: image.layer.digest().clone(),
+        layer_diff_id: out.diff_id.clone(),
         layer_media_type: image.layer.media_type().to_string(),
         layer_compressed_bytes: image.layer.size(),
         layer_uncompressed_bytes: out.tar_size,

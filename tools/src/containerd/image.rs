@@ -3,13 +3,11 @@
 
 use containerd_client::services::v1::{GetImageRequest, ReadContentRequest};
 use containerd_client::tonic::Code;
-use serde_json::Value;
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use pare_fs::id::{ChainId, Digest};
 
 use super::{Client, ContainerdError};
-use crate::oci::{
-    MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_MANIFEST_LIST, MEDIA_INDEX, MEDIA_MANIFEST, chain_id,
-    check_digest, sha256_digest,
-};
+use crate::oci::{diff_ids, digest_of, is_index, is_manifest, parse_json};
 
 /// An image as stored in containerd: what compaction reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,26 +16,27 @@ pub struct SourceImage {
     pub name: String,
     /// Digest of the image manifest (of this platform's manifest, when the
     /// image record points at an index).
-    pub manifest_digest: String,
+    pub manifest_digest: Digest,
     /// The raw manifest JSON.
     pub manifest: Vec<u8>,
     /// The raw config JSON.
     pub config: Vec<u8>,
     /// Digest of `config`.
-    pub config_digest: String,
-    /// The manifest's layer descriptors, bottom first.
-    pub layers: Vec<Value>,
+    pub config_digest: Digest,
+    /// The manifest's layer descriptors, bottom first; each digest is a
+    /// sha256 digest.
+    pub layers: Vec<Descriptor>,
     /// The config's `rootfs.diff_ids`, bottom first.
-    pub diff_ids: Vec<String>,
+    pub diff_ids: Vec<Digest>,
     /// Chain ID of the top layer: the committed snapshot of the unpacked
     /// image, and the key of its profile.
-    pub top_chain_id: String,
+    pub top_chain_id: ChainId,
 }
 
 impl Client {
     /// The image `name`: its manifest (when the image is an index, the one for
     /// this machine's platform, `linux/<arch>`), config, layer descriptors,
-    /// diff IDs and top chain ID.
+    /// diff IDs and top chain ID. An image without layers is refused.
     pub async fn image(&self, name: &str) -> Result<SourceImage, ContainerdError> {
         let request = self.request(
             GetImageRequest {
@@ -63,33 +62,38 @@ impl Client {
         let target = record
             .target
             .ok_or_else(|| bad("the image record has no target".into()))?;
-        let manifest_digest = match target.media_type.as_str() {
-            MEDIA_MANIFEST | MEDIA_DOCKER_MANIFEST => target.digest,
-            MEDIA_INDEX | MEDIA_DOCKER_MANIFEST_LIST => {
-                let index = parse(&self.read_blob(&target.digest).await?, "index").map_err(bad)?;
-                let (os, arch) = host_platform();
-                select_manifest(&index, os, arch)
-                    .ok_or_else(|| ContainerdError::NoPlatform {
-                        name: name.to_string(),
-                        platform: format!("{os}/{arch}"),
-                    })?
-                    .to_string()
-            }
-            other => return Err(bad(format!("unsupported target media type {other:?}"))),
+        let target_digest = Digest::parse(&target.digest)
+            .map_err(|e| bad(format!("the image record's target: {e}")))?;
+        let media_type = MediaType::from(target.media_type.as_str());
+        let manifest_digest = if is_manifest(&media_type) {
+            target_digest
+        } else if is_index(&media_type) {
+            let index: ImageIndex = parse_json(&self.read_blob(&target_digest).await?, "index")
+                .map_err(|e| bad(e.to_string()))?;
+            let (os, arch) = host_platform();
+            let entry =
+                select_manifest(&index, os, arch).ok_or_else(|| ContainerdError::NoPlatform {
+                    name: name.to_string(),
+                    platform: format!("{os}/{arch}"),
+                })?;
+            digest_of(entry).map_err(|e| bad(format!("the index's manifest: {e}")))?
+        } else {
+            return Err(bad(format!(
+                "unsupported target media type {:?}",
+                target.media_type
+            )));
         };
         let manifest = self.read_blob(&manifest_digest).await?;
-        let parsed = parse(&manifest, "manifest").map_err(bad)?;
-        let config_digest = parsed
-            .pointer("/config/digest")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("the manifest has no config digest".into()))?
-            .to_string();
-        let layers = match parsed.get("layers") {
-            Some(Value::Array(layers)) => layers.clone(),
-            _ => return Err(bad("the manifest has no layers array".into())),
-        };
+        let parsed: ImageManifest =
+            parse_json(&manifest, "manifest").map_err(|e| bad(e.to_string()))?;
+        let config_digest =
+            digest_of(parsed.config()).map_err(|e| bad(format!("the manifest's config: {e}")))?;
+        let layers = parsed.layers().clone();
+        for layer in &layers {
+            digest_of(layer).map_err(|e| bad(format!("the manifest's layer: {e}")))?;
+        }
         let config = self.read_blob(&config_digest).await?;
-        let diff_ids = diff_ids(&parse(&config, "config").map_err(bad)?).map_err(bad)?;
+        let diff_ids = diff_ids(&config).map_err(|e| bad(e.to_string()))?;
         if diff_ids.len() != layers.len() {
             return Err(bad(format!(
                 "the manifest lists {} layers but the config {} diff IDs",
@@ -97,9 +101,11 @@ impl Client {
                 diff_ids.len()
             )));
         }
+        let top_chain_id =
+            ChainId::of(&diff_ids).ok_or_else(|| bad("the image has no layers".into()))?;
         Ok(SourceImage {
             name: name.to_string(),
-            top_chain_id: chain_id(&diff_ids),
+            top_chain_id,
             manifest_digest,
             manifest,
             config,
@@ -110,12 +116,9 @@ impl Client {
     }
 
     /// The whole blob `digest` from the content store, checked against its digest.
-    pub async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ContainerdError> {
-        check_digest(digest).map_err(|_| ContainerdError::BadDigest {
-            digest: digest.to_string(),
-        })?;
+    pub async fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, ContainerdError> {
         let not_found = || ContainerdError::BlobNotFound {
-            digest: digest.to_string(),
+            digest: digest.clone(),
             namespace: self.namespace.clone(),
         };
         let op = || format!("read blob {digest}");
@@ -141,32 +144,15 @@ impl Client {
                 Err(status) => return Err(self.grpc(op(), status)),
             }
         }
-        let actual = sha256_digest(&bytes);
-        if actual != digest {
+        let actual = Digest::sha256(&bytes);
+        if &actual != digest {
             return Err(ContainerdError::DigestMismatch {
-                digest: digest.to_string(),
+                digest: digest.clone(),
                 actual,
             });
         }
         Ok(bytes)
     }
-}
-
-fn parse(bytes: &[u8], what: &str) -> Result<Value, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("the {what} is not valid JSON: {e}"))
-}
-
-/// The config's `rootfs.diff_ids`, each checked to be a sha256 digest.
-fn diff_ids(config: &Value) -> Result<Vec<String>, String> {
-    let Some(Value::Array(ids)) = config.pointer("/rootfs/diff_ids") else {
-        return Err("the config has no rootfs.diff_ids array".into());
-    };
-    ids.iter()
-        .map(|id| match id.as_str() {
-            Some(id) if check_digest(id).is_ok() => Ok(id.to_string()),
-            _ => Err(format!("the config has a malformed diff ID {id}")),
-        })
-        .collect()
 }
 
 /// This machine's OCI platform: `linux` and the Go name of its architecture.
@@ -182,27 +168,27 @@ pub(super) fn host_platform() -> (&'static str, &'static str) {
     ("linux", arch)
 }
 
-/// The digest of the manifest of `index` for `os`/`arch` (an arm64 manifest
-/// without variant or with `v8` preferred over other variants).
-pub(super) fn select_manifest<'a>(index: &'a Value, os: &str, arch: &str) -> Option<&'a str> {
-    let manifests = index.get("manifests")?.as_array()?;
-    let candidates: Vec<&Value> = manifests
+/// The entry of `index` for the image manifest of `os`/`arch` (an arm64
+/// manifest without variant or with `v8` preferred over other variants).
+pub(super) fn select_manifest<'a>(
+    index: &'a ImageIndex,
+    os: &str,
+    arch: &str,
+) -> Option<&'a Descriptor> {
+    let candidates: Vec<&Descriptor> = index
+        .manifests()
         .iter()
         .filter(|m| {
-            matches!(
-                m.get("mediaType").and_then(Value::as_str),
-                Some(MEDIA_MANIFEST | MEDIA_DOCKER_MANIFEST)
-            ) && m.pointer("/platform/os").and_then(Value::as_str) == Some(os)
-                && m.pointer("/platform/architecture").and_then(Value::as_str) == Some(arch)
+            is_manifest(m.media_type())
+                && m.platform().as_ref().is_some_and(|p| {
+                    p.os().to_string() == os && p.architecture().to_string() == arch
+                })
         })
         .collect();
     let preferred = candidates.iter().find(|m| {
-        matches!(
-            m.pointer("/platform/variant").and_then(Value::as_str),
-            None | Some("v8")
-        )
+        m.platform()
+            .as_ref()
+            .is_none_or(|p| matches!(p.variant().as_deref(), None | Some("v8")))
     });
-    preferred
-        .or(candidates.first())
-        .and_then(|m| m.get("digest")?.as_str())
+    preferred.or(candidates.first()).copied()
 }

@@ -21,6 +21,7 @@ use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::tonic::metadata::AsciiMetadataValue;
 use containerd_client::tonic::transport::Channel;
 use containerd_client::tonic::{Code, Request, Status};
+use pare_fs::id::{ChainId, Digest};
 
 pub use image::SourceImage;
 use lease::Lease;
@@ -57,23 +58,17 @@ pub enum ContainerdError {
     #[error("blob {digest} not found in the content store (namespace {namespace})")]
     BlobNotFound {
         /// The missing digest.
-        digest: String,
+        digest: Digest,
         /// The namespace searched.
         namespace: String,
-    },
-    /// A digest is not `sha256:` and 64 lowercase hex digits.
-    #[error("{digest:?} is not a sha256 digest")]
-    BadDigest {
-        /// The rejected digest.
-        digest: String,
     },
     /// The content store returned bytes that do not hash to their digest.
     #[error("blob {digest} read from containerd hashes to {actual}")]
     DigestMismatch {
         /// The digest asked for.
-        digest: String,
+        digest: Digest,
         /// The digest of what came back.
-        actual: String,
+        actual: Digest,
     },
     /// An index has no manifest for this machine's platform.
     #[error("image {name} has no manifest for platform {platform}")]
@@ -99,7 +94,7 @@ pub enum ContainerdError {
     )]
     NotUnpacked {
         /// The top layer's chain ID.
-        chain_id: String,
+        chain_id: ChainId,
         /// The snapshotter.
         snapshotter: String,
         /// The namespace.
@@ -117,7 +112,7 @@ pub enum ContainerdError {
     #[error("writing blob {digest} to containerd: {reason}")]
     Write {
         /// The blob's digest.
-        digest: String,
+        digest: Digest,
         /// What went wrong.
         reason: String,
     },

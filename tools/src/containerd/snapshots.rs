@@ -8,6 +8,8 @@ use containerd_client::services::v1::snapshots::{RemoveSnapshotRequest, ViewSnap
 use containerd_client::tonic::Code;
 use containerd_client::types::Mount;
 
+use pare_fs::id::ChainId;
+
 use super::lease::Lease;
 use super::{Client, ContainerdError, unique_name};
 
@@ -25,7 +27,7 @@ impl Client {
     pub async fn layer_dirs(
         &self,
         snapshotter: &str,
-        top_chain_id: &str,
+        top_chain_id: &ChainId,
     ) -> Result<Vec<PathBuf>, ContainerdError> {
         let lease = self.create_lease().await?;
         let result = self.view_dirs(snapshotter, top_chain_id, &lease).await;
@@ -47,7 +49,7 @@ impl Client {
     async fn view_dirs(
         &self,
         snapshotter: &str,
-        top_chain_id: &str,
+        top_chain_id: &ChainId,
         lease: &Lease,
     ) -> Result<Vec<PathBuf>, ContainerdError> {
         let key = unique_name("pare-compact-view");
@@ -64,7 +66,7 @@ impl Client {
             Ok(response) => response.into_inner().mounts,
             Err(status) if status.code() == Code::NotFound => {
                 return Err(ContainerdError::NotUnpacked {
-                    chain_id: top_chain_id.to_string(),
+                    chain_id: top_chain_id.clone(),
                     snapshotter: snapshotter.to_string(),
                     namespace: self.namespace.clone(),
                 });

@@ -54,7 +54,7 @@ impl Client {
         let manifest_labels = HashMap::from([
             (
                 "containerd.io/gc.ref.content.config".to_string(),
-                image.config.digest.clone(),
+                image.config.digest.to_string(),
             ),
             (
                 "containerd.io/gc.ref.content.l.0".to_string(),
@@ -69,8 +69,8 @@ impl Client {
             name: name.to_string(),
             labels: HashMap::new(),
             target: Some(Descriptor {
-                media_type: image.manifest.media_type.clone(),
-                digest: image.manifest.digest.clone(),
+                media_type: image.manifest.media_type.to_string(),
+                digest: image.manifest.digest.to_string(),
                 size: image.manifest.bytes.len() as i64,
                 annotations: HashMap::new(),
             }),
@@ -190,7 +190,7 @@ impl Client {
     ) -> Result<(), ContainerdError> {
         let digest = blob.digest().to_string();
         let write_error = |reason: String| ContainerdError::Write {
-            digest: digest.clone(),
+            digest: blob.digest().clone(),
             reason,
         };
         let total = i64::try_from(blob.size())

@@ -4,11 +4,14 @@
 use std::path::PathBuf;
 
 use containerd_client::types::Mount;
+use oci_spec::image::ImageIndex;
+use pare_fs::id::Digest;
 use serde_json::json;
 
 use super::image::select_manifest;
 use super::lease::rfc3339;
 use super::snapshots::layer_dirs_of;
+use crate::oci::digest_of;
 
 fn mount(kind: &str, source: &str, options: &[&str]) -> Mount {
     Mount {
@@ -69,32 +72,34 @@ fn other_views_are_refused() {
 
 #[test]
 fn select_manifest_picks_the_platform() {
-    let entry = |digest: &str, arch: &str, variant: Option<&str>| {
-        let mut platform = json!({"os": "linux", "architecture": arch});
+    let digest = |name: &str| Digest::sha256(name.as_bytes());
+    let entry = |name: &str, media_type: &str, os: &str, arch: &str, variant: Option<&str>| {
+        let mut platform = json!({"os": os, "architecture": arch});
         if let Some(variant) = variant {
             platform["variant"] = json!(variant);
         }
-        json!({"mediaType": crate::oci::MEDIA_MANIFEST, "digest": digest, "size": 1, "platform": platform})
+        json!({"mediaType": media_type, "digest": digest(name), "size": 1, "platform": platform})
     };
-    let index = json!({"manifests": [
-        entry("sha256:arm7", "arm", Some("v7")),
-        entry("sha256:arm64v9", "arm64", Some("v9")),
-        entry("sha256:arm64v8", "arm64", Some("v8")),
-        entry("sha256:amd64", "amd64", None),
-        {"mediaType": crate::oci::MEDIA_MANIFEST, "digest": "sha256:attest", "size": 1,
-         "platform": {"os": "unknown", "architecture": "unknown"}},
-    ]});
-    assert_eq!(
-        select_manifest(&index, "linux", "amd64"),
-        Some("sha256:amd64")
-    );
-    assert_eq!(
-        select_manifest(&index, "linux", "arm64"),
-        Some("sha256:arm64v8")
-    );
-    assert_eq!(select_manifest(&index, "linux", "arm"), Some("sha256:arm7"));
-    assert_eq!(select_manifest(&index, "linux", "s390x"), None);
-    assert_eq!(select_manifest(&json!({}), "linux", "amd64"), None);
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    let docker = "application/vnd.docker.distribution.manifest.v2+json";
+    let index: ImageIndex = serde_json::from_value(json!({"schemaVersion": 2, "manifests": [
+        entry("arm7", oci, "linux", "arm", Some("v7")),
+        entry("arm64v9", oci, "linux", "arm64", Some("v9")),
+        entry("arm64v8", oci, "linux", "arm64", Some("v8")),
+        entry("amd64-nested-index", "application/vnd.oci.image.index.v1+json", "linux", "amd64", None),
+        entry("amd64", docker, "linux", "amd64", None),
+        entry("attest", oci, "unknown", "unknown", None),
+        entry("s390x-windows", oci, "windows", "s390x", None),
+    ]}))
+    .unwrap();
+    let selected = |os, arch| select_manifest(&index, os, arch).map(|m| digest_of(m).unwrap());
+    assert_eq!(selected("linux", "amd64"), Some(digest("amd64")));
+    assert_eq!(selected("linux", "arm64"), Some(digest("arm64v8")));
+    assert_eq!(selected("linux", "arm"), Some(digest("arm7")));
+    assert_eq!(selected("linux", "s390x"), None);
+    let empty: ImageIndex =
+        serde_json::from_value(json!({"schemaVersion": 2, "manifests": []})).unwrap();
+    assert_eq!(select_manifest(&empty, "linux", "amd64"), None);
 }
 
 #[test]

@@ -7,7 +7,8 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
-use serde_json::{Value, json};
+use oci_spec::image::{Descriptor, MediaType};
+use pare_fs::id::Digest;
 use sha2::{Digest as _, Sha256};
 
 /// Bytes of the write buffer of a [`Spool`].
@@ -15,11 +16,11 @@ const SPOOL_BUFFER: usize = 256 << 10;
 
 /// A blob's bytes with their media type and sha256 digest, wherever they are.
 pub trait Content {
-    /// Media type, e.g. [`super::MEDIA_LAYER_GZIP`].
-    fn media_type(&self) -> &str;
+    /// Media type, e.g. [`MediaType::ImageLayerGzip`].
+    fn media_type(&self) -> &MediaType;
 
-    /// `sha256:<hex>` of the bytes.
-    fn digest(&self) -> &str;
+    /// The digest of the bytes.
+    fn digest(&self) -> &Digest;
 
     /// Number of bytes.
     fn size(&self) -> u64;
@@ -39,56 +40,45 @@ pub trait Content {
         })
     }
 
-    /// Its OCI descriptor: `{"mediaType", "digest", "size"}`.
-    fn descriptor(&self) -> Value {
-        json!({"mediaType": self.media_type(), "digest": self.digest(), "size": self.size()})
-    }
-
-    /// The hex part of the digest (the file name under `blobs/sha256/`).
-    fn hex(&self) -> &str {
-        let digest = self.digest();
-        digest.strip_prefix("sha256:").unwrap_or(digest)
+    /// Its OCI descriptor: media type, digest and size.
+    fn descriptor(&self) -> Descriptor {
+        super::descriptor(self.media_type().clone(), self.digest(), self.size())
     }
 }
 
 /// A blob held in memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blob {
-    /// Media type, e.g. [`super::MEDIA_LAYER_GZIP`].
-    pub media_type: String,
-    /// `sha256:<hex>` of `bytes`.
-    pub digest: String,
+    /// Media type, e.g. [`MediaType::ImageConfig`].
+    pub media_type: MediaType,
+    /// The digest of `bytes`.
+    pub digest: Digest,
     /// The content.
     pub bytes: Vec<u8>,
 }
 
 impl Blob {
     /// A blob of `bytes` with its digest computed.
-    pub fn new(media_type: &str, bytes: Vec<u8>) -> Blob {
+    pub fn new(media_type: MediaType, bytes: Vec<u8>) -> Blob {
         Blob {
-            media_type: media_type.to_string(),
-            digest: sha256_digest(&bytes),
+            media_type,
+            digest: Digest::sha256(&bytes),
             bytes,
         }
     }
 
-    /// Its OCI descriptor: `{"mediaType", "digest", "size"}`.
-    pub fn descriptor(&self) -> Value {
+    /// Its OCI descriptor: media type, digest and size.
+    pub fn descriptor(&self) -> Descriptor {
         Content::descriptor(self)
-    }
-
-    /// The hex part of the digest (the file name under `blobs/sha256/`).
-    pub fn hex(&self) -> &str {
-        Content::hex(self)
     }
 }
 
 impl Content for Blob {
-    fn media_type(&self) -> &str {
+    fn media_type(&self) -> &MediaType {
         &self.media_type
     }
 
-    fn digest(&self) -> &str {
+    fn digest(&self) -> &Digest {
         &self.digest
     }
 
@@ -112,8 +102,8 @@ impl Content for Blob {
 /// A blob in a temporary file, removed when the blob is dropped.
 #[derive(Debug)]
 pub struct FileBlob {
-    media_type: String,
-    digest: String,
+    media_type: MediaType,
+    digest: Digest,
     size: u64,
     path: tempfile::TempPath,
 }
@@ -126,11 +116,11 @@ impl FileBlob {
 }
 
 impl Content for FileBlob {
-    fn media_type(&self) -> &str {
+    fn media_type(&self) -> &MediaType {
         &self.media_type
     }
 
-    fn digest(&self) -> &str {
+    fn digest(&self) -> &Digest {
         &self.digest
     }
 
@@ -187,11 +177,11 @@ impl Spool {
     }
 
     /// Flushes the file and names what was written a blob of `media_type`.
-    pub fn finish(self, media_type: &str) -> io::Result<FileBlob> {
+    pub fn finish(self, media_type: MediaType) -> io::Result<FileBlob> {
         self.file.into_inner().map_err(|e| e.into_error())?;
         Ok(FileBlob {
-            media_type: media_type.to_string(),
-            digest: format!("sha256:{}", hex(&self.hash.finalize())),
+            media_type,
+            digest: Digest::from_hash(&self.hash.finalize()),
             size: self.size,
             path: self.path,
         })
@@ -209,15 +199,6 @@ impl Write for Spool {
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
     }
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A temporary name beside `path`: `<name>.tmp-<pid>`.

@@ -2,11 +2,15 @@
 //! layer, and its manifest. No timestamps are added, so the same inputs give
 //! the same bytes and digests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use serde_json::{Map, Value, json};
+use oci_spec::image::{
+    Descriptor, HistoryBuilder, ImageManifestBuilder, MediaType, Platform, RootFs,
+};
+use pare_fs::id::Digest;
+use serde_json::Value;
 
-use super::{Blob, Content, MEDIA_CONFIG, MEDIA_MANIFEST, OciError, canonical_json, check_digest};
+use super::{Blob, Content, OciError, canonical_json, platform_of};
 
 /// Comment of the history entry that `pare compact` adds.
 pub const HISTORY_COMMENT: &str = "pare compact: one layer holding what the workload uses";
@@ -26,58 +30,57 @@ pub struct NewImage<L = Blob> {
 
 impl<L: Content> NewImage<L> {
     /// The manifest's descriptor, as an index or image record points at it.
-    pub fn descriptor(&self) -> Value {
+    pub fn descriptor(&self) -> Descriptor {
         self.manifest.descriptor()
     }
 
-    /// The platform of the config (`architecture`, `os`, `variant` when set),
-    /// as an index entry carries it.
-    pub fn platform(&self) -> Value {
-        let config: Value = serde_json::from_slice(&self.config.bytes).unwrap_or(Value::Null);
-        let mut platform = Map::new();
-        for key in ["architecture", "os", "variant", "os.version"] {
-            if let Some(value) = config.get(key).filter(|v| v.is_string()) {
-                platform.insert(key.to_string(), value.clone());
-            }
-        }
-        Value::Object(platform)
+    /// The platform of the config, as an index entry carries it.
+    pub fn platform(&self) -> Option<Platform> {
+        platform_of(&self.config.bytes)
     }
 }
 
 /// A one-layer image derived from `original_config`, the raw config JSON of
 /// the source image.
 ///
-/// Everything in the config carries over (`config.Entrypoint`, `Cmd`, `Env`,
-/// `WorkingDir`, `User`, `ExposedPorts`, `Volumes`, `Labels`, `StopSignal`,
-/// `architecture`, `os`, `variant`, ...) except `rootfs.diff_ids`, which
-/// becomes `[diff_id]` (the sha256 of the uncompressed `layer`), and
-/// `history`: the original entries, each marked `"empty_layer": true`, then
-/// `{"created_by": history_text, "comment": HISTORY_COMMENT}`. The manifest
-/// lists the config and `layer` and carries `annotations` (for example
-/// [`super::ANNOTATION_SOURCE_IMAGE`] and [`super::ANNOTATION_PROFILE`]; left
-/// out when empty). JSON keys are sorted: the same inputs give the same digests.
+/// The config is not parsed into a model and written back: its JSON carries
+/// over as it is, every field known or not (`config.Entrypoint`, `Cmd`,
+/// `Env`, `WorkingDir`, `User`, `ExposedPorts`, `Volumes`, `Labels`,
+/// `StopSignal`, Docker's `Healthcheck`, `Shell`, `OnBuild`, `ArgsEscaped`,
+/// `architecture`, `os`, `variant`, ...), except `rootfs`, which becomes
+/// `{"type": "layers", "diff_ids": [diff_id]}` (`diff_id` is the digest of
+/// the uncompressed `layer`), and `history`: the original entries, each
+/// marked `"empty_layer": true`, then `{"created_by": history_text,
+/// "comment": HISTORY_COMMENT}`. The manifest lists the config and `layer`
+/// and carries `annotations` (for example [`super::ANNOTATION_SOURCE_IMAGE`]
+/// and [`super::ANNOTATION_PROFILE`]; left out when empty). JSON keys are
+/// sorted: the same inputs give the same bytes and digests.
 pub fn build_image<L: Content>(
     original_config: &[u8],
     layer: L,
-    diff_id: &str,
+    diff_id: &Digest,
     annotations: &BTreeMap<String, String>,
     history_text: &str,
 ) -> Result<NewImage<L>, OciError> {
-    check_digest(diff_id)?;
     let config = derive_config(original_config, diff_id, history_text)?;
-    let config = Blob::new(MEDIA_CONFIG, canonical_json(config, "the image config")?);
-    let mut manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_MANIFEST,
-        "config": config.descriptor(),
-        "layers": [layer.descriptor()],
-    });
+    let config = Blob::new(
+        MediaType::ImageConfig,
+        canonical_json(&config, "the image config")?,
+    );
+    let mut manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config.descriptor())
+        .layers(vec![layer.descriptor()])
+        .build()
+        .expect("the manifest has its required fields");
     if !annotations.is_empty() {
-        manifest["annotations"] = json!(annotations);
+        let annotations: HashMap<String, String> = annotations.clone().into_iter().collect();
+        manifest.set_annotations(Some(annotations));
     }
     let manifest = Blob::new(
-        MEDIA_MANIFEST,
-        canonical_json(manifest, "the image manifest")?,
+        MediaType::ImageManifest,
+        canonical_json(&manifest, "the image manifest")?,
     );
     Ok(NewImage {
         config,
@@ -86,8 +89,11 @@ pub fn build_image<L: Content>(
     })
 }
 
-fn derive_config(original: &[u8], diff_id: &str, history_text: &str) -> Result<Value, OciError> {
+/// `original` with the rootfs and history of the one-layer image; every
+/// other field untouched.
+fn derive_config(original: &[u8], diff_id: &Digest, history_text: &str) -> Result<Value, OciError> {
     let bad = |reason: String| OciError::BadConfig { reason };
+    let json = |what| move |source| OciError::Json { what, source };
     let value: Value =
         serde_json::from_slice(original).map_err(|e| bad(format!("not JSON: {e}")))?;
     let Value::Object(mut config) = value else {
@@ -104,11 +110,18 @@ fn derive_config(original: &[u8], diff_id: &str, history_text: &str) -> Result<V
         };
         entry.insert("empty_layer".into(), Value::Bool(true));
     }
-    history.push(json!({"created_by": history_text, "comment": HISTORY_COMMENT}));
+    let added = HistoryBuilder::default()
+        .created_by(history_text)
+        .comment(HISTORY_COMMENT)
+        .build()
+        .expect("a history entry has no required fields");
+    history.push(serde_json::to_value(added).map_err(json("a history entry"))?);
     config.insert("history".into(), Value::Array(history));
+    let mut rootfs = RootFs::default();
+    rootfs.set_diff_ids(vec![diff_id.to_string()]);
     config.insert(
         "rootfs".into(),
-        json!({"type": "layers", "diff_ids": [diff_id]}),
+        serde_json::to_value(rootfs).map_err(json("the rootfs"))?,
     );
     Ok(Value::Object(config))
 }

@@ -5,16 +5,13 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::Path;
 
-use serde_json::{Value, json};
+use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 
 use super::blob::{replace_with, tmp_path};
 use super::{
-    ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, Blob, Content, MEDIA_INDEX, NewImage, OciError,
-    canonical_json,
+    Blob, Content, NewImage, OciError, image_name_of, index_entry, index_json, layout_file,
+    parse_json,
 };
-
-/// Content of the `oci-layout` file.
-const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OciError {
     let path = path.to_path_buf();
@@ -40,20 +37,20 @@ pub fn write_layout<L: Content>(
     ref_name: &str,
 ) -> Result<(), OciError> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let layout_file = dir.join("oci-layout");
-    if !layout_file.exists() {
+    let layout_path = dir.join("oci-layout");
+    if !layout_path.exists() {
         let mut entries = std::fs::read_dir(dir).map_err(io("read", dir))?;
         if entries.next().is_some() {
             return Err(OciError::NotALayout {
                 dir: dir.to_path_buf(),
             });
         }
-        write_atomic(&layout_file, OCI_LAYOUT)?;
+        write_atomic(&layout_path, &layout_file()?)?;
     }
     let blobs = dir.join("blobs").join("sha256");
     std::fs::create_dir_all(&blobs).map_err(io("create", &blobs))?;
     for blob in blobs_of(image) {
-        let path = blobs.join(blob.hex());
+        let path = blobs.join(blob.digest().hex());
         let present = std::fs::metadata(&path).is_ok_and(|m| m.len() == blob.size());
         if !present {
             blob.write_to(&path).map_err(io("write", &path))?;
@@ -65,7 +62,7 @@ pub fn write_layout<L: Content>(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io("read", &index_path)(e)),
     };
-    write_atomic(&index_path, &index_json(image, ref_name, others)?)
+    write_atomic(&index_path, &image_index_json(image, ref_name, others)?)
 }
 
 /// Writes the OCI image layout of `image` named `ref_name` (as
@@ -80,15 +77,18 @@ pub fn write_layout_tar<L: Content>(
     let tmp = tmp_path(path);
     let file = File::create(&tmp).map_err(io("create", &tmp))?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
-    // The two small files, as blobs for streaming alike (no media type).
-    let index = Blob::new("", index_json(image, ref_name, Vec::new())?);
-    let layout = Blob::new("", OCI_LAYOUT.to_vec());
+    // The two small files, as blobs for streaming alike.
+    let index = Blob::new(
+        MediaType::ImageIndex,
+        image_index_json(image, ref_name, Vec::new())?,
+    );
+    let layout = Blob::new(MediaType::LayoutHeader, layout_file()?);
     let mut entries: Vec<(String, &dyn Content)> = vec![
         ("oci-layout".into(), &layout),
         ("index.json".into(), &index),
     ];
     for blob in blobs_of(image) {
-        entries.push((format!("blobs/sha256/{}", blob.hex()), blob));
+        entries.push((format!("blobs/sha256/{}", blob.digest().hex()), blob));
     }
     let result = (|| {
         for dir in ["blobs/", "blobs/sha256/"] {
@@ -146,59 +146,29 @@ fn blobs_of<L: Content>(image: &NewImage<L>) -> Vec<&dyn Content> {
     blobs
 }
 
-/// The tag of a reference (`latest` when it has none); a digest reference
-/// (`name@sha256:...`) is kept whole.
-pub(super) fn tag_of(ref_name: &str) -> &str {
-    if ref_name.contains('@') {
-        return ref_name;
-    }
-    ref_name
-        .rsplit_once(':')
-        .filter(|(_, tag)| !tag.contains('/'))
-        .map_or("latest", |(_, tag)| tag)
-}
-
 /// The manifests of an existing `index.json` other than the one named `ref_name`.
-fn other_entries(path: &Path, bytes: &[u8], ref_name: &str) -> Result<Vec<Value>, OciError> {
-    let bad = |reason: &str| OciError::BadIndex {
+fn other_entries(path: &Path, bytes: &[u8], ref_name: &str) -> Result<Vec<Descriptor>, OciError> {
+    let index: ImageIndex = parse_json(bytes, "index").map_err(|e| OciError::BadIndex {
         path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
-    let index: Value = serde_json::from_slice(bytes).map_err(|e| bad(&e.to_string()))?;
-    let manifests = match index.get("manifests") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(manifests)) => manifests,
-        Some(_) => return Err(bad("`manifests` is not an array")),
-    };
-    Ok(manifests
+        reason: e.to_string(),
+    })?;
+    Ok(index
+        .manifests()
         .iter()
-        .filter(|m| {
-            m.pointer(&format!(
-                "/annotations/{}",
-                ANNOTATION_IMAGE_NAME.replace('/', "~1")
-            ))
-            .and_then(Value::as_str)
-                != Some(ref_name)
-        })
+        .filter(|m| image_name_of(m) != Some(ref_name))
         .cloned()
         .collect())
 }
 
-fn index_json<L: Content>(
+/// `index.json`: the `others`, then `image` named `ref_name` with its platform.
+fn image_index_json<L: Content>(
     image: &NewImage<L>,
     ref_name: &str,
-    others: Vec<Value>,
+    others: Vec<Descriptor>,
 ) -> Result<Vec<u8>, OciError> {
-    let mut entry = image.descriptor();
-    entry["annotations"] = json!({
-        ANNOTATION_IMAGE_NAME: ref_name,
-        ANNOTATION_REF_NAME: tag_of(ref_name),
-    });
-    entry["platform"] = image.platform();
     let mut manifests = others;
-    manifests.push(entry);
-    let index = json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": manifests});
-    canonical_json(index, "the image index")
+    manifests.push(index_entry(image.descriptor(), ref_name, image.platform()));
+    index_json(manifests)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`.

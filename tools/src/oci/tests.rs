@@ -3,14 +3,19 @@
 
 use std::collections::BTreeMap;
 
+use oci_spec::image::{ANNOTATION_REF_NAME, MediaType};
+use pare_fs::id::Digest;
 use serde_json::{Value, json};
 
-use super::layout::tag_of;
 use super::*;
 
 const DIGEST_A: &str = "sha256:ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb";
 const DIGEST_B: &str = "sha256:3e23e8160039594a33894f6564e1b1348bbd7a0088d42c4acb73eeaed59c009d";
 const DIGEST_C: &str = "sha256:2e7d2c03a9507ae265ecf5b5356885a53393a2029d241394997265a1a25aefc6";
+
+fn digest(s: &str) -> Digest {
+    Digest::parse(s).expect("digest")
+}
 
 fn original_config() -> Vec<u8> {
     // Key order as Docker writes it (not sorted), and a `created` time.
@@ -34,11 +39,11 @@ fn annotations() -> BTreeMap<String, String> {
 }
 
 fn build() -> NewImage {
-    let layer = Blob::new(MEDIA_LAYER_GZIP, b"not really gzip".to_vec());
+    let layer = Blob::new(MediaType::ImageLayerGzip, b"not really gzip".to_vec());
     build_image(
         &original_config(),
         layer,
-        DIGEST_C,
+        &digest(DIGEST_C),
         &annotations(),
         "pare compact docker.io/x/app:v1",
     )
@@ -49,44 +54,18 @@ fn json_of(blob: &Blob) -> Value {
     serde_json::from_slice(&blob.bytes).expect("JSON")
 }
 
-#[test]
-fn chain_id_follows_the_oci_rule() {
-    let ids = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    assert_eq!(chain_id(&[]), "");
-    assert_eq!(chain_id(&ids(&[DIGEST_A])), DIGEST_A);
-    assert_eq!(
-        chain_id(&ids(&[DIGEST_A, DIGEST_B])),
-        "sha256:51c0c8ace48498d6f5fee6b0592cc06f2da0f3cbe09c5a34a97dce85c3889676"
-    );
-    assert_eq!(
-        chain_id(&ids(&[DIGEST_A, DIGEST_B, DIGEST_C])),
-        "sha256:2fce7f8ce91bcf0a1428b36e1024639fdbd9469eea762dba98aa749631885106"
-    );
+fn to_json(value: impl serde::Serialize) -> Value {
+    serde_json::to_value(value).expect("JSON")
 }
 
 #[test]
 fn blob_digest_and_descriptor() {
-    let blob = Blob::new(MEDIA_CONFIG, b"a".to_vec());
-    assert_eq!(blob.digest, DIGEST_A);
-    assert_eq!(blob.hex(), &DIGEST_A[7..]);
+    let blob = Blob::new(MediaType::ImageConfig, b"a".to_vec());
+    assert_eq!(blob.digest.as_str(), DIGEST_A);
     assert_eq!(
-        blob.descriptor(),
-        json!({"mediaType": MEDIA_CONFIG, "digest": DIGEST_A, "size": 1})
+        to_json(blob.descriptor()),
+        json!({"mediaType": "application/vnd.oci.image.config.v1+json", "digest": DIGEST_A, "size": 1})
     );
-}
-
-#[test]
-fn check_digest_accepts_only_sha256_hex() {
-    assert!(check_digest(DIGEST_A).is_ok());
-    for bad in [
-        "",
-        "sha256:",
-        "sha512:ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb",
-        "sha256:CA978112CA1BBDCAFAC231B39A23DC4DA786EFF8147C4E72B9807785AFEE48BB",
-        "sha256:../../etc/passwd",
-    ] {
-        assert!(check_digest(bad).is_err(), "{bad:?} accepted");
-    }
 }
 
 #[test]
@@ -117,6 +96,59 @@ fn build_image_carries_the_config_over() {
 }
 
 #[test]
+fn build_image_keeps_every_config_field_it_does_not_change_exactly() {
+    // Docker's fields that the OCI config model has no place for, and fields
+    // no model knows, at the top and in `config`.
+    let original = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "docker_version": "24.0.7",
+        "x-unknown-top": {"nested": [1, 2.5, null, "s"], "empty": {}},
+        "config": {
+            "Cmd": ["/app"],
+            "Healthcheck": {
+                "Test": ["CMD-SHELL", "curl -f http://localhost/ || exit 1"],
+                "Interval": 30_000_000_000u64,
+                "Timeout": 3_000_000_000u64,
+                "Retries": 3,
+            },
+            "Shell": ["/bin/bash", "-c"],
+            "OnBuild": ["RUN echo built"],
+            "ArgsEscaped": true,
+            "X-Unknown-Config": {"keep": ["me", 1]},
+        },
+        "rootfs": {"type": "layers", "diff_ids": [DIGEST_A, DIGEST_B]},
+        "history": [{"created_by": "ADD rootfs.tar /"}],
+    });
+    let image = build_image(
+        &serde_json::to_vec(&original).expect("JSON"),
+        Blob::new(MediaType::ImageLayerGzip, Vec::new()),
+        &digest(DIGEST_C),
+        &BTreeMap::new(),
+        "h",
+    )
+    .expect("build");
+    let mut config = json_of(&image.config);
+    let object = config.as_object_mut().expect("object");
+    assert_eq!(
+        object.remove("rootfs"),
+        Some(json!({"type": "layers", "diff_ids": [DIGEST_C]}))
+    );
+    assert_eq!(
+        object.remove("history"),
+        Some(json!([
+            {"created_by": "ADD rootfs.tar /", "empty_layer": true},
+            {"created_by": "h", "comment": HISTORY_COMMENT},
+        ]))
+    );
+    let mut untouched = original;
+    let untouched = untouched.as_object_mut().expect("object");
+    untouched.remove("rootfs");
+    untouched.remove("history");
+    assert_eq!(object, untouched);
+}
+
+#[test]
 fn build_image_marks_old_history_empty_and_adds_one_entry() {
     let config = json_of(&build().config);
     assert_eq!(
@@ -125,25 +157,25 @@ fn build_image_marks_old_history_empty_and_adds_one_entry() {
             {"created": "2024-01-01T00:00:00Z", "created_by": "ADD rootfs.tar /", "empty_layer": true},
             {"created_by": "ENV A=b", "empty_layer": true},
             {"created_by": "COPY app /app", "empty_layer": true},
-            {"created_by": "pare compact docker.io/x/app:v1", "comment": image::HISTORY_COMMENT},
+            {"created_by": "pare compact docker.io/x/app:v1", "comment": HISTORY_COMMENT},
         ])
     );
 }
 
 #[test]
 fn build_image_without_history_gets_one_entry() {
-    let layer = Blob::new(MEDIA_LAYER_GZIP, Vec::new());
+    let layer = Blob::new(MediaType::ImageLayerGzip, Vec::new());
     let image = build_image(
         br#"{"os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
         layer,
-        DIGEST_A,
+        &digest(DIGEST_A),
         &BTreeMap::new(),
         "h",
     )
     .expect("build");
     assert_eq!(
         json_of(&image.config)["history"],
-        json!([{"created_by": "h", "comment": image::HISTORY_COMMENT}])
+        json!([{"created_by": "h", "comment": HISTORY_COMMENT}])
     );
     assert!(json_of(&image.manifest).get("annotations").is_none());
 }
@@ -155,44 +187,39 @@ fn manifest_lists_config_layer_and_annotations() {
         json_of(&image.manifest),
         json!({
             "schemaVersion": 2,
-            "mediaType": MEDIA_MANIFEST,
-            "config": image.config.descriptor(),
-            "layers": [image.layer.descriptor()],
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": image.config.digest.as_str(),
+                "size": image.config.bytes.len(),
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": image.layer.digest.as_str(),
+                "size": image.layer.bytes.len(),
+            }],
             "annotations": annotations(),
         })
     );
-    assert_eq!(image.manifest.media_type, MEDIA_MANIFEST);
-    assert_eq!(image.config.media_type, MEDIA_CONFIG);
+    assert_eq!(image.manifest.media_type, MediaType::ImageManifest);
+    assert_eq!(image.config.media_type, MediaType::ImageConfig);
 }
 
 #[test]
 fn build_image_rejects_bad_input() {
-    let layer = || Blob::new(MEDIA_LAYER_GZIP, Vec::new());
+    let layer = || Blob::new(MediaType::ImageLayerGzip, Vec::new());
     let none = BTreeMap::new();
-    for (config, diff_id) in [
-        (&b"not json"[..], DIGEST_A),
-        (b"[1]", DIGEST_A),
-        (br#"{"history":{}}"#, DIGEST_A),
-        (br#"{"history":[1]}"#, DIGEST_A),
-        (b"{}", "sha256:short"),
+    for config in [
+        &b"not json"[..],
+        b"[1]",
+        br#"{"history":{}}"#,
+        br#"{"history":[1]}"#,
     ] {
         assert!(
-            build_image(config, layer(), diff_id, &none, "h").is_err(),
+            build_image(config, layer(), &digest(DIGEST_A), &none, "h").is_err(),
             "{:?}",
             String::from_utf8_lossy(config)
         );
-    }
-}
-
-#[test]
-fn tags_of_references() {
-    for (reference, tag) in [
-        ("docker.io/library/app:slim", "slim"),
-        ("localhost:5000/app", "latest"),
-        ("localhost:5000/app:v2", "v2"),
-        ("app", "latest"),
-    ] {
-        assert_eq!(tag_of(reference), tag, "{reference}");
     }
 }
 
@@ -207,21 +234,29 @@ fn write_layout_writes_blobs_and_index() {
         br#"{"imageLayoutVersion":"1.0.0"}"#
     );
     for blob in [&image.config, &image.layer, &image.manifest] {
-        let path = out.join("blobs/sha256").join(blob.hex());
+        let path = out.join("blobs/sha256").join(blob.digest.hex());
         assert_eq!(std::fs::read(path).expect("blob"), blob.bytes);
     }
     let index: Value =
         serde_json::from_slice(&std::fs::read(out.join("index.json")).expect("index"))
             .expect("JSON");
-    let mut entry = image.manifest.descriptor();
-    entry["annotations"] = json!({
-        ANNOTATION_IMAGE_NAME: "docker.io/x/app:slim",
-        ANNOTATION_REF_NAME: "slim",
+    let entry = json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": image.manifest.digest.as_str(),
+        "size": image.manifest.bytes.len(),
+        "annotations": {
+            ANNOTATION_IMAGE_NAME: "docker.io/x/app:slim",
+            ANNOTATION_REF_NAME: "slim",
+        },
+        "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"},
     });
-    entry["platform"] = json!({"architecture": "arm64", "os": "linux", "variant": "v8"});
     assert_eq!(
         index,
-        json!({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [entry]})
+        json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [entry],
+        })
     );
 
     // Writing again under another name keeps the first; the same name replaces.
@@ -241,6 +276,42 @@ fn write_layout_writes_blobs_and_index() {
         })
         .collect();
     assert_eq!(names, ["docker.io/x/app:other", "docker.io/x/app:slim"]);
+}
+
+#[test]
+fn write_layout_keeps_other_entries_of_an_existing_index_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = json!({
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "digest": DIGEST_A,
+        "size": 7,
+        "annotations": {ANNOTATION_IMAGE_NAME: "docker.io/x/other:v1", "org.example": "x"},
+        "platform": {"architecture": "amd64", "os": "windows", "os.version": "10.0.17763.1"},
+    });
+    let index = json!({"schemaVersion": 2, "manifests": [other]});
+    std::fs::write(
+        dir.path().join("oci-layout"),
+        layout_file().expect("layout"),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("index.json"),
+        serde_json::to_vec(&index).expect("JSON"),
+    )
+    .expect("write");
+    write_layout(dir.path(), &build(), "docker.io/x/app:slim").expect("layout");
+    let written: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).expect("index"))
+            .expect("JSON");
+    assert_eq!(written["manifests"][0], other);
+    assert_eq!(
+        written["manifests"][1]["digest"],
+        build().manifest.digest.as_str()
+    );
+
+    std::fs::write(dir.path().join("index.json"), b"{\"manifests\": 1}").expect("write");
+    let err = write_layout(dir.path(), &build(), "app").expect_err("refused");
+    assert!(matches!(err, OciError::BadIndex { .. }), "{err}");
 }
 
 #[test]
@@ -298,18 +369,22 @@ fn a_spooled_layer_is_hashed_linked_into_the_layout_and_removed_with_its_blob() 
         spool.write_all(chunk).expect("write");
     }
     assert_eq!(spool.size(), bytes.len() as u64);
-    let layer = spool.finish(MEDIA_LAYER_GZIP).expect("finish");
+    let layer = spool.finish(MediaType::ImageLayerGzip).expect("finish");
     let spooled = layer.path().to_path_buf();
-    assert_eq!(layer.digest(), sha256_digest(&bytes));
+    assert_eq!(layer.digest(), &Digest::sha256(&bytes));
     assert_eq!(layer.size(), bytes.len() as u64);
     assert_eq!(
-        layer.descriptor(),
-        json!({"mediaType": MEDIA_LAYER_GZIP, "digest": sha256_digest(&bytes), "size": 3_000_000})
+        to_json(layer.descriptor()),
+        json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": Digest::sha256(&bytes).as_str(),
+            "size": 3_000_000,
+        })
     );
     let image = build_image(
         &original_config(),
         layer,
-        DIGEST_C,
+        &digest(DIGEST_C),
         &annotations(),
         "pare compact docker.io/x/app:v1",
     )
@@ -317,7 +392,7 @@ fn a_spooled_layer_is_hashed_linked_into_the_layout_and_removed_with_its_blob() 
     let in_memory = build();
     assert_eq!(
         json_of(&image.manifest)["layers"][0]["digest"],
-        sha256_digest(&bytes)
+        Digest::sha256(&bytes).as_str()
     );
     assert_eq!(
         image.config, in_memory.config,
@@ -326,7 +401,7 @@ fn a_spooled_layer_is_hashed_linked_into_the_layout_and_removed_with_its_blob() 
 
     let out = dir.path().join("layout");
     write_layout(&out, &image, "docker.io/x/app:slim").expect("layout");
-    let linked = out.join("blobs/sha256").join(image.layer.hex());
+    let linked = out.join("blobs/sha256").join(image.layer.digest().hex());
     assert_eq!(std::fs::read(&linked).expect("blob"), bytes);
     assert_eq!(
         std::fs::metadata(&linked).expect("stat").ino(),
@@ -336,7 +411,7 @@ fn a_spooled_layer_is_hashed_linked_into_the_layout_and_removed_with_its_blob() 
     let tar_path = dir.path().join("image.tar");
     write_layout_tar(&tar_path, &image, "docker.io/x/app:slim").expect("tar");
     let mut archive = tar::Archive::new(std::fs::File::open(&tar_path).expect("open"));
-    let name = format!("blobs/sha256/{}", image.layer.hex());
+    let name = format!("blobs/sha256/{}", image.layer.digest().hex());
     let mut found = false;
     for entry in archive.entries().expect("entries") {
         let mut entry = entry.expect("entry");

@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read};
 
+use oci_spec::image::MediaType;
 use tar::EntryType;
 
 #[cfg(test)]
@@ -76,9 +77,27 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// The compression of an OCI or Docker layer media type
-    /// (`...tar`, `...tar+gzip`, `...tar.gzip`, `...tar+zstd`).
-    pub fn of_media_type(media_type: &str) -> Result<Compression, MergeError> {
+    /// The compression of an OCI layer media type, or of one `oci-spec` does
+    /// not know by name: Docker's (`...diff.tar.gzip`), or one with
+    /// parameters (`...tar+zstd; x=y`), by its suffix (`...tar`, `...tar+gzip`,
+    /// `...tar.gzip`, `...tar+zstd`).
+    pub fn of_media_type(media_type: &MediaType) -> Result<Compression, MergeError> {
+        match media_type {
+            MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Ok(Compression::None),
+            MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
+                Ok(Compression::Gzip)
+            }
+            MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => {
+                Ok(Compression::Zstd)
+            }
+            MediaType::Other(other) => Compression::of_suffix(other),
+            known => Err(MergeError::MediaType {
+                media_type: known.to_string(),
+            }),
+        }
+    }
+
+    fn of_suffix(media_type: &str) -> Result<Compression, MergeError> {
         let base = media_type.split(';').next().unwrap_or_default().trim();
         if base.ends_with("+gzip") || base.ends_with(".gzip") {
             Ok(Compression::Gzip)

@@ -18,7 +18,7 @@ pub use compare::{
 pub use html::html;
 pub use text::{human_bytes, text};
 
-use serde_json::Value;
+use crate::oci::digest_of;
 
 use crate::containerd::{Client, ContainerdError};
 use merge::{Compression, MergeError, Merged};
@@ -58,28 +58,22 @@ pub async fn load(client: &Client, name: &str) -> Result<ImageView, ReportError>
     let mut tree = Merged::new(&[packages::STATUS]);
     let (mut compressed, mut uncompressed) = (0u64, 0u64);
     for (index, layer) in image.layers.iter().enumerate() {
-        let field = |field: &'static str| {
-            layer
-                .get(field)
-                .and_then(Value::as_str)
-                .ok_or(ReportError::Descriptor {
-                    image: name.to_string(),
-                    index,
-                    field,
-                })
-        };
-        let digest = field("digest")?;
-        let media_type = field("mediaType")?;
+        let digest = digest_of(layer).map_err(|_| ReportError::Descriptor {
+            image: name.to_string(),
+            index,
+            field: "digest",
+        })?;
+        let media_type = layer.media_type();
         let layer_error = |source| ReportError::Layer {
             image: name.to_string(),
             digest: digest.to_string(),
             source,
         };
         let compression = Compression::of_media_type(media_type).map_err(layer_error)?;
-        let blob = client.read_blob(digest).await?;
+        let blob = client.read_blob(&digest).await?;
         compressed += blob.len() as u64;
         uncompressed += tree.apply_blob(&blob, compression).map_err(layer_error)?;
-        tracing::debug!(image = name, layer = digest, "layer read");
+        tracing::debug!(image = name, layer = %digest, "layer read");
     }
     let packages = tree
         .content(packages::STATUS)
@@ -88,7 +82,7 @@ pub async fn load(client: &Client, name: &str) -> Result<ImageView, ReportError>
     Ok(ImageView {
         summary: ImageSummary {
             name: name.to_string(),
-            manifest_digest: image.manifest_digest,
+            manifest_digest: image.manifest_digest.to_string(),
             layers: image.layers.len() as u64,
             compressed_bytes: compressed,
             uncompressed_bytes: uncompressed,

@@ -119,7 +119,7 @@ fn layer_tar(tree: &ImageTree, profile: &[ImagePath]) -> Vec<u8> {
     flate2::read::GzDecoder::new(blob.as_slice())
         .read_to_end(&mut tar)
         .unwrap();
-    assert_eq!(out.diff_id, format!("sha256:{:x}", Sha256::digest(&tar)));
+    assert_eq!(out.diff_id, pare_fs::id::Digest::sha256(&tar));
     tar
 }
 

@@ -160,19 +160,35 @@ fn blobs_are_decompressed_by_media_type() {
     let gz = gz.finish().unwrap();
     let zst = zstd::encode_all(tar.as_slice(), 1).unwrap();
     let cases = [
-        ("application/vnd.oci.image.layer.v1.tar", &tar),
-        ("application/vnd.oci.image.layer.v1.tar+gzip", &gz),
-        ("application/vnd.docker.image.rootfs.diff.tar.gzip", &gz),
-        ("application/vnd.oci.image.layer.v1.tar+zstd", &zst),
+        (MediaType::ImageLayer, &tar),
+        (MediaType::ImageLayerGzip, &gz),
+        (
+            MediaType::from("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            &gz,
+        ),
+        (MediaType::ImageLayerZstd, &zst),
+        (
+            MediaType::from("application/vnd.oci.image.layer.v1.tar+zstd; x=y"),
+            &zst,
+        ),
     ];
     for (media_type, blob) in cases {
         let mut merged = Merged::new(&[]);
-        let compression = Compression::of_media_type(media_type).unwrap();
+        let compression = Compression::of_media_type(&media_type).unwrap();
         assert_eq!(
             merged.apply_blob(blob, compression).unwrap(),
-            tar.len() as u64
+            tar.len() as u64,
+            "{media_type}"
         );
         assert_eq!(merged.bytes(), 5, "{media_type}");
     }
-    assert!(Compression::of_media_type("application/octet-stream").is_err());
+    for unsupported in [
+        MediaType::from("application/octet-stream"),
+        MediaType::ImageConfig,
+    ] {
+        assert!(
+            Compression::of_media_type(&unsupported).is_err(),
+            "{unsupported}"
+        );
+    }
 }
