@@ -8,8 +8,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
+use pare_fs::mountinfo;
 use pare_tests::fixture::{self, CAP_NET_BIND_SERVICE_EP, DEPTH, Fixture, MANY};
-use pare_tests::mounts::{self, Mount, PareMount, Scratch};
+use pare_tests::mounts::{Mount, PareMount, Scratch};
 use pare_tests::prereq::{Need, privileged};
 use pare_tests::walk::{self, Tree};
 
@@ -131,7 +132,7 @@ fn privileged_view_mount_type_is_fuse_pare() -> Result<()> {
         &[],
         &scratch.path().join("pare.log"),
     )?;
-    let found = mounts::mount_at(pare.path());
+    let found = mountinfo::mount_at(pare.path()).map(|m| (m.fs_type, m.source));
     pare.finish()?;
     let expected = ("fuse.pare".to_string(), "pare".to_string());
     assert_eq!(
