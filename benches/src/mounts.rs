@@ -8,6 +8,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use pare_fs::mountinfo;
 
 use crate::run;
 
@@ -163,12 +164,8 @@ impl Drop for Mount {
 
 /// Whether `dir` is a mount point in this mount namespace.
 pub fn is_mounted(dir: &Path) -> anyhow::Result<bool> {
-    let table =
-        fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
-    let dir = dir.to_string_lossy();
-    Ok(table
-        .lines()
-        .any(|line| line.split(' ').nth(4) == Some(&*dir)))
+    let table = mountinfo::read().context("cannot read /proc/self/mountinfo")?;
+    Ok(table.iter().any(|m| m.mount_point == dir))
 }
 
 /// Unmounts `dir`, retrying while it is busy, lazily as a last resort.

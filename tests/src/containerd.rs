@@ -10,10 +10,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use pare_fs::mountinfo;
 use rustix::mount::UnmountFlags;
 use rustix::process::{Pid, Signal};
 
 use crate::mounts::wait_timeout;
+use crate::poll::POLL_INTERVAL;
 
 /// How long containerd may take to answer on its socket, or to stop.
 pub const CONTAINERD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -170,7 +172,7 @@ impl Containerd {
             if mounts.is_empty() {
                 break;
             }
-            for mount in mounts.iter().rev() {
+            for mount in &mounts {
                 let _ = rustix::mount::unmount(mount, UnmountFlags::DETACH);
             }
         }
@@ -250,13 +252,12 @@ fn children_of(parent: i32) -> Vec<i32> {
     })
 }
 
-/// Mount points beneath `dir`, in mount order (from `/proc/self/mountinfo`).
+/// Mount points at or beneath `dir`, deepest first (the order to detach
+/// them in), from [`mountinfo::mounts_under`].
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(field.replace("\\040", " ").replace("\\134", "\\")))
-        .filter(|path| path.starts_with(dir))
+    mountinfo::mounts_under(dir)
+        .into_iter()
+        .map(|m| m.mount_point)
         .collect()
 }
 
@@ -308,7 +309,7 @@ impl Ctr {
     /// `ctr run --rm --snapshotter S IMAGE ID CMD...` (the image's entrypoint
     /// and cmd when `cmd` is empty); returns the container's stdout.
     pub fn run(&self, image: &str, id: &str, snapshotter: &str, cmd: &[&str]) -> Result<String> {
-        self.run_flags(&[], image, id, snapshotter, cmd)
+        self.run_with(&["--rm"], image, id, snapshotter, cmd)
     }
 
     /// `ctr run --detach ...`: starts container `id` and returns once its task
@@ -320,7 +321,8 @@ impl Ctr {
         snapshotter: &str,
         cmd: &[&str],
     ) -> Result<()> {
-        self.run_detached_with(&[], image, id, snapshotter, cmd)
+        self.run_with(&["--detach"], image, id, snapshotter, cmd)?;
+        Ok(())
     }
 
     /// Like [`Ctr::run_detached`], in the host's network namespace (a
@@ -332,11 +334,15 @@ impl Ctr {
         snapshotter: &str,
         cmd: &[&str],
     ) -> Result<()> {
-        self.run_detached_with(&["--net-host"], image, id, snapshotter, cmd)
+        self.run_with(&["--detach", "--net-host"], image, id, snapshotter, cmd)?;
+        Ok(())
     }
 
-    /// Like [`Ctr::run`], with extra `flags` (e.g. `--allow-new-privs`).
-    pub fn run_flags(
+    /// `ctr run FLAGS --runc-root R --snapshotter S IMAGE ID CMD...`: `flags`
+    /// say how (`--rm` to wait for the container and remove it, `--detach` to
+    /// return once its task runs) and with what (`--allow-new-privs`,
+    /// `--mount ...`). Returns the container's stdout (empty when detached).
+    pub fn run_with(
         &self,
         flags: &[&str],
         image: &str,
@@ -344,35 +350,6 @@ impl Ctr {
         snapshotter: &str,
         cmd: &[&str],
     ) -> Result<String> {
-        let mut all = vec!["--rm"];
-        all.extend_from_slice(flags);
-        let out = self.run_with(&all, image, id, snapshotter, cmd)?;
-        String::from_utf8(out.stdout).context("container stdout is not UTF-8")
-    }
-
-    /// `ctr run --detach` with extra `flags` (e.g. `--mount ...`).
-    pub fn run_detached_with(
-        &self,
-        flags: &[&str],
-        image: &str,
-        id: &str,
-        snapshotter: &str,
-        cmd: &[&str],
-    ) -> Result<()> {
-        let mut all = vec!["--detach"];
-        all.extend_from_slice(flags);
-        self.run_with(&all, image, id, snapshotter, cmd)?;
-        Ok(())
-    }
-
-    fn run_with(
-        &self,
-        flags: &[&str],
-        image: &str,
-        id: &str,
-        snapshotter: &str,
-        cmd: &[&str],
-    ) -> Result<Output> {
         let runc_root = self.runc_root.to_str().context("non-UTF-8 runc root")?;
         let mut args = vec!["run"];
         args.extend_from_slice(flags);
@@ -385,7 +362,7 @@ impl Ctr {
             id,
         ]);
         args.extend_from_slice(cmd);
-        self.ctr(&args)
+        String::from_utf8(self.ctr(&args)?.stdout).context("container stdout is not UTF-8")
     }
 
     /// Kills the task of container `id` (SIGKILL), deletes it and the
@@ -424,28 +401,44 @@ pub fn read_back(file: &mut File) -> Result<Vec<u8>> {
 /// Runs `cmd` with stdin closed and stdout and stderr in temporary files (no
 /// pipe to fill up), killing it after `timeout`.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    Ok(run_watched(cmd, timeout, |_| {})?.0)
+}
+
+/// Like [`run_with_timeout`], calling `watch` with the child's pid every
+/// [`POLL_INTERVAL`] while it runs (e.g. to sample its memory); returns its
+/// output and how long it ran.
+pub fn run_watched(
+    cmd: &mut Command,
+    timeout: Duration,
+    mut watch: impl FnMut(u32),
+) -> Result<(Output, Duration)> {
     let mut stdout = tempfile::tempfile()?;
     let mut stderr = tempfile::tempfile()?;
+    let started = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(stdout.try_clone()?)
         .stderr(stderr.try_clone()?)
         .spawn()
         .context("cannot spawn")?;
-    let status = match wait_timeout(&mut child, timeout)? {
-        Some(status) => status,
-        None => {
+    let status = loop {
+        watch(child.id());
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            stderr.rewind()?;
-            let mut text = String::new();
-            stderr.read_to_string(&mut text)?;
+            let text = String::from_utf8_lossy(&read_back(&mut stderr)?).into_owned();
             bail!("timed out after {timeout:?}: {}", text.trim());
         }
+        std::thread::sleep(POLL_INTERVAL);
     };
-    Ok(Output {
+    let elapsed = started.elapsed();
+    let output = Output {
         status,
         stdout: read_back(&mut stdout)?,
         stderr: read_back(&mut stderr)?,
-    })
+    };
+    Ok((output, elapsed))
 }

@@ -8,14 +8,16 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use oci_spec::image::MediaType;
 use pare_fs::profile::{AccessKind, Recorder};
 use pare_tools::oci::{Content, Spool, build_image, write_layout_tar};
+
+use crate::containerd::run_watched;
 
 /// mtime of the generated entries.
 const MTIME: u64 = 1_700_000_000;
@@ -170,7 +172,8 @@ pub struct Measured {
     pub output: Output,
     /// Wall time from spawn to exit.
     pub elapsed: Duration,
-    /// Highest `VmHWM` seen in `/proc/<pid>/status` (polled every 10 ms), in KiB.
+    /// Highest `VmHWM` seen in `/proc/<pid>/status` (polled every
+    /// [`crate::poll::POLL_INTERVAL`]), in KiB.
     pub peak_rss_kib: u64,
 }
 
@@ -189,37 +192,14 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 /// Runs `cmd` (stdout and stderr into temporary files), polling its peak
 /// resident set size until it exits; killed after `timeout`.
 pub fn run_measured(cmd: &mut Command, timeout: Duration) -> Result<Measured> {
-    let mut stdout = tempfile::tempfile()?;
-    let mut stderr = tempfile::tempfile()?;
-    let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(stdout.try_clone()?)
-        .stderr(stderr.try_clone()?)
-        .spawn()
-        .context("cannot spawn")?;
     let mut peak = 0;
-    let status = loop {
-        if let Some(hwm) = vm_hwm_kib(child.id()) {
+    let (output, elapsed) = run_watched(cmd, timeout, |pid| {
+        if let Some(hwm) = vm_hwm_kib(pid) {
             peak = peak.max(hwm);
         }
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("timed out after {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let elapsed = started.elapsed();
+    })?;
     Ok(Measured {
-        output: Output {
-            status,
-            stdout: crate::containerd::read_back(&mut stdout)?,
-            stderr: crate::containerd::read_back(&mut stderr)?,
-        },
+        output,
         elapsed,
         peak_rss_kib: peak,
     })

@@ -12,6 +12,7 @@ pub mod layer;
 pub mod mounts;
 pub mod node;
 pub mod oci;
+pub mod poll;
 pub mod prereq;
 pub mod snapshotter;
 pub mod story;

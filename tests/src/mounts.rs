@@ -13,64 +13,24 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use pare_fs::mountinfo;
 use rustix::mount::{MountFlags, UnmountFlags};
+
+use crate::poll::wait_for;
 
 /// How long a `pare mount` may take to appear or to exit.
 pub const PARE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// File system type and source of the mount whose mount point is `path` (the
-/// topmost one when several are stacked), from `/proc/self/mountinfo`.
-pub fn mount_at(path: &Path) -> Option<(String, String)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines()
-        .filter(|line| line.split(' ').nth(4).map(unescape).as_deref() == Some(path))
-        .filter_map(|line| {
-            let mut tail = line.split(" - ").nth(1)?.split(' ');
-            Some((tail.next()?.to_string(), tail.next()?.to_string()))
-        })
-        .next_back()
-}
-
-/// The file system type of the mount on `path`.
-pub fn fstype_at(path: &Path) -> Option<String> {
-    mount_at(path).map(|(fstype, _)| fstype)
-}
-
-/// True when something is mounted on `path`.
+/// True when something is mounted on `path` (canonical).
 pub fn is_mounted(path: &Path) -> bool {
-    mount_at(path).is_some()
+    mountinfo::mount_at(path).is_some()
 }
 
 /// True when the mount on `path` is a `pare` view: FUSE (`fuse.pare` as
 /// intended; plain `fuse` when the subtype got lost) with source `pare`.
 fn is_pare_view(path: &Path) -> bool {
-    mount_at(path).is_some_and(|(fstype, source)| {
-        fstype == "fuse.pare" || (fstype == "fuse" && source == "pare")
-    })
-}
-
-/// Undoes the octal escapes (`\040` for space) of a mountinfo field.
-fn unescape(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
+    mountinfo::mount_at(path)
+        .is_some_and(|m| m.fs_type == "fuse.pare" || (m.fs_type == "fuse" && m.source == "pare"))
 }
 
 /// Detaches whatever is mounted on `path`, if anything.
@@ -169,25 +129,20 @@ impl PareMount {
             path,
             log: log.to_path_buf(),
         };
-        let deadline = Instant::now() + PARE_TIMEOUT;
-        loop {
+        let what = format!("pare mount to mount {}", mount.path.display());
+        let mounted = wait_for(PARE_TIMEOUT, &what, || {
             if is_pare_view(&mount.path) {
-                return Ok(mount);
+                return Ok(Some(()));
             }
             if let Some(status) = mount.child.try_wait()? {
-                bail!(
-                    "pare mount exited with {status} before mounting: {}",
-                    mount.log_text()
-                );
+                bail!("pare mount exited with {status} before mounting");
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "pare mount did not mount within {PARE_TIMEOUT:?}: {}",
-                    mount.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            Ok(None)
+        });
+        if let Err(e) = mounted {
+            bail!("{e:#}: {}", mount.log_text());
         }
+        Ok(mount)
     }
 
     /// The mount point.
@@ -281,11 +236,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let Some(dir) = self.dir.take() else { return };
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let live = info
-            .lines()
-            .filter_map(|line| line.split(' ').nth(4))
-            .any(|field| unescape(field).starts_with(dir.path()));
+        let live = !mountinfo::mounts_under(dir.path()).is_empty();
         if live {
             eprintln!(
                 "keeping {}: something is still mounted beneath it",

@@ -514,7 +514,7 @@ fn clean_up(dir: &Path) -> String {
         if now.is_empty() {
             break;
         }
-        for mount in now.iter().rev() {
+        for mount in &now {
             let _ = rustix::mount::unmount(mount, UnmountFlags::DETACH);
         }
     }

@@ -154,8 +154,8 @@ fn privileged_setuid_binaries_and_device_nodes_work_in_containers_on_the_view() 
     let mut outputs = Vec::new();
     for snapshotter in ["overlayfs", "pare"] {
         // Kubernetes' default (allowPrivilegeEscalation): no_new_privs off.
-        let out = ctr.run_flags(
-            &["--allow-new-privs"],
+        let out = ctr.run_with(
+            &["--rm", "--allow-new-privs"],
             IMAGE,
             &format!("suid-{snapshotter}"),
             snapshotter,

@@ -8,9 +8,14 @@ use std::time::Duration;
 
 use pare_fs::profile::{self, AccessKind};
 use pare_tests::mounts::PareMount;
+use pare_tests::poll::eventually;
 use pare_tests::prereq::{Need, pare_bin, privileged};
 
 const NEEDS: &[Need] = &[Need::Root, Need::Fuse];
+
+/// How long a journaled access may take to reach the file (it is flushed
+/// every 100 ms).
+const FLUSHED: Duration = Duration::from_secs(10);
 
 fn image(root: &Path) -> (PathBuf, PathBuf) {
     let (top, base) = (root.join("top"), root.join("base"));
@@ -140,20 +145,35 @@ fn privileged_sigkill_mid_run_leaves_a_readable_journal() {
     let journal = tmp.path().join("profile");
     let view = start(&top, &base, &mnt, &journal);
 
-    // Accesses well before the kill must survive it (the flush interval is 100 ms).
+    // An access journaled before the kill must survive it (the recorder
+    // flushes every 100 ms): wait until it is on disk.
     std::fs::read(mnt.join("etc/passwd")).unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    let passwd = (
+        "/etc/passwd".to_string(),
+        vec![AccessKind::Lookup, AccessKind::Read],
+    );
+    eventually(FLUSHED, "the read of /etc/passwd in the journal", || {
+        Ok(entries(&journal).contains(&passwd))
+    })
+    .unwrap();
 
-    // Keep the view busy journaling while it is killed.
+    // Keep the view busy journaling while it is killed: stat the files round
+    // and round until the daemon is gone, and kill it once its accesses are
+    // reaching the journal.
     let busy_dir = mnt.join("many");
     let busy = std::thread::spawn(move || {
-        for i in 0..20_000 {
-            if std::fs::metadata(busy_dir.join(format!("f{i}"))).is_err() {
-                break; // the daemon is gone
-            }
+        let mut i = 0;
+        while std::fs::metadata(busy_dir.join(format!("f{}", i % 20_000))).is_ok() {
+            i += 1;
         }
     });
-    std::thread::sleep(Duration::from_millis(150));
+    eventually(FLUSHED, "accesses beneath /many in the journal", || {
+        Ok(entries(&journal)
+            .iter()
+            .any(|(p, _)| p.starts_with("/many/")))
+    })
+    .unwrap();
+    assert!(!busy.is_finished(), "the view failed while busy");
     view.kill().unwrap();
     let _ = Command::new("umount").arg("-l").arg(&mnt).status();
     busy.join().unwrap();
@@ -169,13 +189,10 @@ fn privileged_sigkill_mid_run_leaves_a_readable_journal() {
         String::from_utf8_lossy(&out.stderr)
     );
     let got = entries(&journal);
-    assert!(got.contains(&(
-        "/etc/passwd".into(),
-        vec![AccessKind::Lookup, AccessKind::Read]
-    )));
+    assert!(got.contains(&passwd), "/etc/passwd read lost: {got:?}");
     let busy_entries = got.iter().filter(|(p, _)| p.starts_with("/many/")).count();
     assert!(
         busy_entries > 0,
-        "accesses during the run were journaled before the kill"
+        "accesses journaled during the busy run were lost"
     );
 }

@@ -148,8 +148,8 @@ fn run(node: &mut PareNode) -> Result<()> {
     std::fs::create_dir(&out)?;
     let mount = format!("type=bind,src={},dst=/out,options=rbind:rw", out.display());
     for c in 0..LOOPS {
-        ctr.run_detached_with(
-            &["--mount", &mount],
+        ctr.run_with(
+            &["--detach", "--mount", &mount],
             IMAGE,
             &format!("loop-{c}"),
             "pare",

@@ -4,18 +4,28 @@
 //! profile records the workload, and the daemon survives SIGKILL.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use pare_fs::profile::Profile;
 use pare_tests::containerd::{Containerd, Ctr};
 use pare_tests::images::{harness_image, run_checks};
 use pare_tests::mounts::Scratch;
+use pare_tests::poll::eventually;
 use pare_tests::prereq::{Need, PARE_NODE, pare_bin, privileged};
 use pare_tests::snapshotter::PareSnapshotter;
 
 const IMAGE: &str = "docker.io/pare-tests/snapshotter:v1";
 
 const NEEDS: &[Need] = PARE_NODE;
+
+/// How long containerd's garbage collection may take to reach the backend.
+const GC: Duration = Duration::from_secs(60);
+/// How long containerd may take to redial a restarted snapshotter.
+const REDIAL: Duration = Duration::from_secs(60);
+/// How long a journaled access may take to reach the profile (it is flushed
+/// every 100 ms).
+const FLUSHED: Duration = Duration::from_secs(10);
 
 /// A private containerd with pare plugged in, the fixture image imported with
 /// both pare and the stock overlayfs snapshotter.
@@ -71,19 +81,6 @@ fn tail(text: &str, n: usize) -> String {
 /// Runs `f`; on failure adds both daemons' logs to the error.
 fn with_logs(node: &Node, f: impl FnOnce(&Node) -> Result<()>) -> Result<()> {
     f(node).map_err(|e| e.context(node.logs()))
-}
-
-/// Waits up to `secs` for `cond`.
-fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond()? {
-        ensure!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 /// Every entry of the rootfs as a container sees it (type, mode, owner, size,
@@ -233,7 +230,7 @@ fn privileged_twenty_concurrent_containers_share_one_view() -> Result<()> {
         }
         // containerd removes backend snapshots in its garbage collection.
         eventually(
-            60,
+            GC,
             "the view to be unmounted after its last container",
             || Ok(node.pare.mounted_views().is_empty()),
         )?;
@@ -242,62 +239,9 @@ fn privileged_twenty_concurrent_containers_share_one_view() -> Result<()> {
         let orphan = node.pare.root().join("snapshots").join("999999");
         std::fs::create_dir_all(orphan.join("fs"))?;
         node.ctr().run(IMAGE, "trigger-gc", "pare", &["true"])?;
-        eventually(60, "Cleanup to remove an orphaned snapshot dir", || {
+        eventually(GC, "Cleanup to remove an orphaned snapshot dir", || {
             Ok(!orphan.exists())
         })
-    })
-}
-
-#[test]
-fn privileged_snapshots_commands_behave_as_with_overlayfs() -> Result<()> {
-    if !privileged(
-        "privileged_snapshots_commands_behave_as_with_overlayfs",
-        NEEDS,
-    ) {
-        return Ok(());
-    }
-    let node = Node::start()?;
-    with_logs(&node, |node| {
-        let ctr = node.ctr();
-        for snapshotter in ["pare", "overlayfs"] {
-            let cmd = |args: &[&str]| -> Result<String> {
-                let mut all = vec!["snapshots", "--snapshotter", snapshotter];
-                all.extend_from_slice(args);
-                Ok(String::from_utf8(ctr.ctr(&all)?.stdout)?)
-            };
-            let info = cmd(&["info", &node.top_chain])?;
-            ensure!(
-                info.contains("\"Kind\": \"Committed\""),
-                "{snapshotter} info: {info}"
-            );
-            let usage = cmd(&["usage", &node.top_chain])?;
-            ensure!(
-                usage.contains(&node.top_chain),
-                "{snapshotter} usage: {usage}"
-            );
-            cmd(&["label", &node.top_chain, "test.pare/label=yes"])?;
-            let info = cmd(&["info", &node.top_chain])?;
-            ensure!(
-                info.contains("test.pare/label"),
-                "{snapshotter} label: {info}"
-            );
-            cmd(&["prepare", "scratch-snap", &node.top_chain])?;
-            let mounts = cmd(&["mounts", "/mnt", "scratch-snap"])?;
-            ensure!(mounts.contains("overlay"), "{snapshotter} mounts: {mounts}");
-            ensure!(
-                ctr.ctr(&[
-                    "snapshots",
-                    "--snapshotter",
-                    snapshotter,
-                    "rm",
-                    &node.top_chain
-                ])
-                .is_err(),
-                "{snapshotter}: a parent with children cannot be removed"
-            );
-            cmd(&["rm", "scratch-snap"])?;
-        }
-        Ok(())
     })
 }
 
@@ -325,21 +269,25 @@ fn privileged_sigkill_between_runs_loses_nothing_committed() -> Result<()> {
         // until it has, calls fail as unavailable (and nothing else may fail).
         let mut again = String::new();
         let mut attempt = 0;
-        eventually(60, "containerd to reach the restarted snapshotter", || {
-            attempt += 1;
-            let id = format!("after-{attempt}");
-            match node
-                .ctr()
-                .run(IMAGE, &id, "pare", &["cat", "/data/keep.txt"])
-            {
-                Ok(out) => {
-                    again = out;
-                    Ok(true)
+        eventually(
+            REDIAL,
+            "containerd to reach the restarted snapshotter",
+            || {
+                attempt += 1;
+                let id = format!("after-{attempt}");
+                match node
+                    .ctr()
+                    .run(IMAGE, &id, "pare", &["cat", "/data/keep.txt"])
+                {
+                    Ok(out) => {
+                        again = out;
+                        Ok(true)
+                    }
+                    Err(e) if format!("{e:#}").contains("unavailable") => Ok(false),
+                    Err(e) => Err(e),
                 }
-                Err(e) if format!("{e:#}").contains("unavailable") => Ok(false),
-                Err(e) => Err(e),
-            }
-        })?;
+            },
+        )?;
         ensure!(
             again == "keep\n",
             "the image runs again without re-import: {again:?}"
@@ -401,18 +349,6 @@ fn privileged_profile_lists_what_the_workload_touched() -> Result<()> {
     )?;
     ensure!(out == "data\n", "workload output {out:?}");
     let chain = image.top_chain_id().context("layers")?.to_string();
-    // The journal is flushed within 100 ms; the view may still be mounted.
-    std::thread::sleep(Duration::from_millis(300));
-    let profile = pare_fs::profile::read(&pare.root().join("profiles").join(&chain))?;
-    let paths: Vec<String> = profile.entries.iter().map(|e| e.path.to_string()).collect();
-    let kinds = |p: &str| -> Vec<&'static str> {
-        profile
-            .entries
-            .iter()
-            .find(|e| e.path.to_string() == p)
-            .map(|e| e.accesses.iter().map(|k| k.name()).collect())
-            .unwrap_or_default()
-    };
     // The workload: the script (exec by the kernel, read by sh), its shell
     // and the shell's loader and libraries, cat and its file.
     let sh = std::fs::canonicalize("/bin/sh")?;
@@ -424,12 +360,40 @@ fn privileged_profile_lists_what_the_workload_touched() -> Result<()> {
         ("/usr/bin/cat", &["lookup", "exec"]),
         (shell.as_str(), &["lookup", "exec"]),
     ];
-    for (path, want) in expected {
-        let got = kinds(path);
-        ensure!(
-            want.iter().all(|k| got.contains(k)),
-            "{path}: accesses {got:?}, expected at least {want:?}; profile:\n{paths:#?}"
-        );
+    let kinds = |profile: &Profile, p: &str| -> Vec<&'static str> {
+        profile
+            .entries
+            .iter()
+            .find(|e| e.path.to_string() == p)
+            .map(|e| e.accesses.iter().map(|k| k.name()).collect())
+            .unwrap_or_default()
+    };
+    let covered = |profile: &Profile| {
+        expected.iter().all(|(path, want)| {
+            let got = kinds(profile, path);
+            want.iter().all(|k| got.contains(k))
+        })
+    };
+    // The journal is flushed every 100 ms (the view may still be mounted):
+    // wait until the workload's accesses are in it.
+    let profile_path = pare.root().join("profiles").join(&chain);
+    let mut profile = pare_fs::profile::read(&profile_path)?;
+    let waited = eventually(FLUSHED, "the workload's accesses in the profile", || {
+        profile = pare_fs::profile::read(&profile_path)?;
+        Ok(covered(&profile))
+    });
+    let paths: Vec<String> = profile.entries.iter().map(|e| e.path.to_string()).collect();
+    if let Err(e) = waited {
+        let missing: Vec<String> = expected
+            .iter()
+            .map(|(path, want)| {
+                format!(
+                    "{path}: {:?}, expected at least {want:?}",
+                    kinds(&profile, path)
+                )
+            })
+            .collect();
+        anyhow::bail!("{e:#}:\n{}\nprofile:\n{paths:#?}", missing.join("\n"));
     }
     // Nothing outside the workload's closure and the runtime's own paths.
     // The loader and libraries, and the directories of the shell's PATH search.
@@ -455,7 +419,9 @@ fn privileged_profile_lists_what_the_workload_touched() -> Result<()> {
         unexpected.is_empty(),
         "paths the workload never used: {unexpected:?}"
     );
-    ensure!(kinds("/app/unused.txt").is_empty() && kinds("/usr/bin/ls").is_empty());
+    ensure!(
+        kinds(&profile, "/app/unused.txt").is_empty() && kinds(&profile, "/usr/bin/ls").is_empty()
+    );
     containerd.stop()?;
     pare.stop()
 }
