@@ -372,15 +372,20 @@ impl<M: ViewMounter> Snapshots<M> {
         Ok(info(key, record))
     }
 
-    /// Disk usage: measured now for active snapshots, at commit for committed ones.
+    /// Disk usage: measured now for active snapshots, at commit for committed
+    /// ones; none for views.
     pub fn usage(&self, key: &str) -> Result<Usage> {
         let record = self
             .store
             .get(key)?
             .ok_or_else(|| Error::NotFound(key.to_string()))?;
-        match record.usage {
-            Some(usage) => Ok(usage),
-            None => usage::of_dir(&self.snapshot_dir(record.id).join("fs")),
+        // As containerd's overlay snapshotter: an active snapshot is measured,
+        // a committed one answers what was measured at commit, a view (whose
+        // directory holds nothing of its own) uses nothing.
+        match (record.usage, record.kind) {
+            (Some(usage), _) => Ok(usage),
+            (None, Kind::Active) => usage::of_dir(&self.snapshot_dir(record.id).join("fs")),
+            (None, _) => Ok(Usage::default()),
         }
     }
 

@@ -14,9 +14,9 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 
 use oci_spec::image::MediaType;
+use pare_fs::id::Digest;
 use pare_fs::layers::Kind;
 use pare_fs::profile::ImagePath;
-use pare_fs::id::Digest;
 use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 
