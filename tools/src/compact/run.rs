@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pare_fs::id::{ChainId, Digest, DigestError};
+use pare_fs::id::{ChainId, Digest};
 use pare_fs::layers::LayerStack;
 use pare_fs::profile::ImagePath;
 
@@ -156,9 +156,6 @@ pub enum CompactError {
     /// The image could not be built or its layout written.
     #[error(transparent)]
     Oci(#[from] OciError),
-    /// A digest of the new image is malformed.
-    #[error(transparent)]
-    Digest(#[from] DigestError),
 }
 
 /// The default name of the minimized image: IMAGE's tag with `-pare`.
