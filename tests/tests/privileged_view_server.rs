@@ -11,6 +11,7 @@ use anyhow::{Context, Result, ensure};
 use pare_snapshotter::viewproc::{ProcessMounter, ServerConfig, ServerState, stop_server};
 use pare_snapshotter::views::{MountError, StopOutcome, ViewMounter, ViewSpec};
 use pare_tests::mounts::Scratch;
+use pare_tests::poll::eventually;
 use pare_tests::prereq::{Need, privileged};
 use pare_tests::snapshotter::snapshotter_bin;
 use rustix::process::{Pid, Signal};
@@ -43,6 +44,14 @@ fn spec(dir: &Path) -> Result<ViewSpec> {
         mountpoint: std::fs::canonicalize(&mountpoint)?,
         profile: Some(dir.join("profile")),
     })
+}
+
+/// The state letter of process `pid` (`R`, `S`, `T`, ...).
+fn process_state(pid: i32) -> Result<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses.
+    let (_, rest) = stat.rsplit_once(") ").context("a /proc stat line")?;
+    rest.chars().next().context("a process state")
 }
 
 fn gone(state: &ServerState) -> bool {
@@ -100,6 +109,11 @@ fn privileged_a_hung_view_server_is_aborted_within_the_stop_timeout() -> Result<
     // The server stops answering anything, SIGTERM included.
     let pid = Pid::from_raw(state.process.pid).context("pid")?;
     rustix::process::kill_process(pid, Signal::STOP)?;
+    // SIGSTOP takes effect when the server next runs; a SIGTERM queued before
+    // that would be taken first (lower number) and let it stop cleanly.
+    eventually(Duration::from_secs(10), "the server to be stopped", || {
+        Ok(process_state(state.process.pid)? == 'T')
+    })?;
     let started = Instant::now();
     let outcome = stop_server(&state, Duration::from_millis(500))?;
     ensure!(outcome == StopOutcome::Aborted, "{outcome:?}");
