@@ -101,18 +101,19 @@ mod tests {
             ("0::/default/web-1\n".into(), Some("web-1")),
             ("0::/k8s.io/abc123\n".into(), Some("abc123")),
             (
-                format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-{id}.scope\n"),
+                format!(
+                    "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-{id}.scope\n"
+                ),
                 Some(id),
             ),
             (format!("0::/system.slice/docker-{id}.scope\n"), Some(id)),
             (
-                format!("12:pids:/system.slice/docker-{id}.scope\n11:memory:/system.slice/docker-{id}.scope\n"),
+                format!(
+                    "12:pids:/system.slice/docker-{id}.scope\n11:memory:/system.slice/docker-{id}.scope\n"
+                ),
                 Some(id),
             ),
-            (
-                "12:pids:/user.slice\n0::/default/db\n".into(),
-                Some("db"),
-            ),
+            ("12:pids:/user.slice\n0::/default/db\n".into(), Some("db")),
             ("0::/system.slice/containerd.service\n".into(), None),
             ("0::/user.slice/user-0.slice/session-3.scope\n".into(), None),
             ("0::/init.scope\n".into(), None),
@@ -158,7 +159,10 @@ mod tests {
         std::fs::write(dir.join("comm"), "kworker/0:1\n").unwrap();
         assert_eq!(resolve_in(proc_root.path(), 7).command, "[kworker/0:1]");
         let gone = resolve_in(proc_root.path(), 99);
-        assert_eq!((gone.pid, gone.command.as_str(), gone.container), (99, "", None));
+        assert_eq!(
+            (gone.pid, gone.command.as_str(), gone.container),
+            (99, "", None)
+        );
     }
 
     #[test]

@@ -36,7 +36,9 @@ impl<'de> Deserialize<'de> for WirePath {
             Repr::Text(text) => text.into_bytes(),
             Repr::Bytes(bytes) => bytes,
         };
-        ImagePath::new(bytes).map(WirePath).map_err(D::Error::custom)
+        ImagePath::new(bytes)
+            .map(WirePath)
+            .map_err(D::Error::custom)
     }
 }
 

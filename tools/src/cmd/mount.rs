@@ -147,9 +147,10 @@ fn policy_of(args: &MountArgs) -> anyhow::Result<Option<(Policy, Arc<Misses>, Pa
         Mode::Audit | Mode::Enforce => {}
     }
     let beside_profile = |what: &str, file: fn(&Path) -> PathBuf| {
-        args.profile.as_deref().map(file).with_context(|| {
-            format!("--mode {} needs --{what} FILE (or --profile)", args.mode)
-        })
+        args.profile
+            .as_deref()
+            .map(file)
+            .with_context(|| format!("--mode {} needs --{what} FILE (or --profile)", args.mode))
     };
     let allowed_file = match &args.allowed {
         Some(file) => file.clone(),

@@ -191,7 +191,13 @@ fn damaged_misses_files_give_one_clear_error() {
         std::fs::write(&file, content).unwrap();
         let err = read_misses(&file).unwrap_err();
         assert!(
-            matches!(&err, PolicyError::Damaged { what: "misses file", .. }),
+            matches!(
+                &err,
+                PolicyError::Damaged {
+                    what: "misses file",
+                    ..
+                }
+            ),
             "{err}"
         );
         let text = err.to_string();
