@@ -7,11 +7,14 @@
 //!   first access of every kind to every path.
 //! - [`profile`] journals those accesses (append-only, crash tolerant) and reads
 //!   journals back.
+//! - [`policy`] judges accesses against an image's frozen allowed set (audit
+//!   and enforce modes) and keeps the misses.
 //! - [`id`] names image content: digests, chain IDs, profile paths.
 //! - [`mountinfo`] reads the mount table (the one parser of it).
 
 pub mod id;
 pub mod layers;
 pub mod mountinfo;
+pub mod policy;
 pub mod profile;
 pub mod view;

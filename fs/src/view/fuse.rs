@@ -1,5 +1,7 @@
 //! The FUSE operations of the view. Everything is read-only; every answer the
-//! kernel may cache is given the view's long TTL.
+//! kernel may cache is given the view's long TTL, except names an enforced
+//! view hides: those get an error, which the kernel does not cache, so every
+//! attempt reaches the view and counts as a miss.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -57,7 +59,7 @@ impl Filesystem for ViewFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent_node = match self.node(parent) {
             Ok(node) => node,
             Err(e) => return reply.error(e),
@@ -67,6 +69,12 @@ impl Filesystem for ViewFs {
         };
         match self.stack.lookup(&parent_node.rel, layers, name) {
             Ok(Some(resolved)) => {
+                if self.judge_lookup(&parent_node, name, req.pid()) {
+                    // An error, not a negative entry: the kernel caches
+                    // nothing, so the next attempt is seen and counted too.
+                    tracing::trace!(parent = %parent_node.rel.display(), ?name, "hidden");
+                    return reply.error(Errno::ENOENT);
+                }
                 // Counted as one lookup the kernel holds until it forgets it.
                 let child = self.inodes.lookup(&parent_node, name, resolved);
                 self.record_lookup(&parent_node, name, &child);
@@ -102,7 +110,7 @@ impl Filesystem for ViewFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let node = match self.node(ino) {
             Ok(node) => node,
             Err(e) => return reply.error(e),
@@ -113,13 +121,14 @@ impl Filesystem for ViewFs {
         match self.stack.read_link(layer, &node.rel) {
             Ok(target) => {
                 self.record(&node, AccessKind::Readlink);
+                self.judge(&node, AccessKind::Readlink, req.pid());
                 reply.data(target.as_os_str().as_bytes());
             }
             Err(e) => reply.error(io_errno(e)),
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let node = match self.node(ino) {
             Ok(node) => node,
             Err(e) => return reply.error(e),
@@ -133,6 +142,7 @@ impl Filesystem for ViewFs {
             AccessKind::Read
         };
         self.record(&node, kind);
+        self.judge(&node, kind, req.pid());
         tracing::trace!(path = %node.rel.display(), %kind, "open");
         let reply = if self.passthrough.is_on() {
             let open = || pread::open_layer_file(&self.host_path(&node));
@@ -223,7 +233,7 @@ impl Filesystem for ViewFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -238,6 +248,7 @@ impl Filesystem for ViewFs {
             Err(e) => return reply.error(e),
         };
         self.record(&node, AccessKind::Readdir);
+        self.judge(&node, AccessKind::Readdir, req.pid());
         let dots = [(".", ino), ("..", node.parent)];
         for (i, (name, dot_ino)) in dots.iter().enumerate().skip(offset as usize) {
             if reply.add(*dot_ino, i as u64 + 1, FileType::Directory, name) {
@@ -246,6 +257,10 @@ impl Filesystem for ViewFs {
         }
         let skip = offset.saturating_sub(FIRST_ENTRY_OFFSET) as usize;
         for (i, entry) in listing.iter().enumerate().skip(skip) {
+            // Offsets stay positions in the whole listing, hidden names included.
+            if self.hidden(&node, &entry.name) {
+                continue;
+            }
             let next = FIRST_ENTRY_OFFSET + i as u64 + 1;
             if reply.add(entry.ino, next, entry.kind, &entry.name) {
                 break;

@@ -84,6 +84,9 @@ pub(crate) struct Node {
     pub listing: OnceLock<Arc<Vec<DirEntry>>>,
     /// Visible xattrs, read on first use.
     pub xattrs: OnceLock<Vec<(OsString, Vec<u8>)>>,
+    /// Whether `rel` is outside the view's allowed set (audit and enforce
+    /// modes), found on first use.
+    pub outside: OnceLock<bool>,
     /// FUSE passthrough backing file and the number of open handles using it.
     pub backing: Mutex<Option<(BackingId, u32)>>,
 }
@@ -99,6 +102,7 @@ impl Node {
             recorded: AtomicU8::new(0),
             listing: OnceLock::new(),
             xattrs: OnceLock::new(),
+            outside: OnceLock::new(),
             backing: Mutex::new(None),
         }
     }

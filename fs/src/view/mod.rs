@@ -1,5 +1,11 @@
 //! The profiling view: a read-only FUSE file system serving the merged tree
 //! of a [`LayerStack`] and reporting first accesses to a [`RecorderHandle`].
+//!
+//! With a [`Policy`] (audit or enforce mode) it also judges accesses against
+//! the image's allowed set: in audit every access outside it is a miss; in
+//! enforce names outside it do not exist (lookup answers `ENOENT`, uncached,
+//! and counts a miss; listings leave them out). The profile is recorded in
+//! every mode.
 
 mod fuse;
 mod inodes;
@@ -13,6 +19,7 @@ use std::time::Duration;
 pub use mount::{MountedView, Stopped, ViewError, is_mountpoint, mount, mountpoints};
 
 use crate::layers::LayerStack;
+use crate::policy::Policy;
 use crate::profile::RecorderHandle;
 
 /// How reads of regular files are served.
@@ -47,6 +54,9 @@ pub struct ViewOptions {
     pub ttl: Duration,
     /// Name shown as the mount source.
     pub fsname: String,
+    /// Audit or enforce: the allowed set accesses are judged by and where
+    /// misses go. `None` in learn mode.
+    pub policy: Option<Policy>,
 }
 
 impl Default for ViewOptions {
@@ -56,6 +66,7 @@ impl Default for ViewOptions {
             read_mode: ReadMode::Auto,
             ttl: Duration::from_secs(365 * 24 * 3600),
             fsname: "pare".into(),
+            policy: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The state of a serving view and the helpers its FUSE operations share:
-//! nodes by number, access recording, listings and xattrs read once.
+//! nodes by number, access recording, policy checks, listings and xattrs
+//! read once.
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
@@ -14,12 +15,15 @@ use super::passthrough::Passthrough;
 use super::pread::PreadFiles;
 use super::{ReadMode, View, ViewOptions};
 use crate::layers::{LayerIdx, LayerStack, Resolved, xattr};
+use crate::policy::Policy;
 use crate::profile::{AccessKind, RecorderHandle};
 
 /// A view as its FUSE operations serve it ([`super::fuse`] has them).
 pub(crate) struct ViewFs {
     pub(super) stack: LayerStack,
     recorder: Option<RecorderHandle>,
+    /// Audit or enforce mode: what accesses are judged by.
+    policy: Option<Policy>,
     pub(super) inodes: Inodes,
     /// Files opened for `pread`.
     pub(super) pread: PreadFiles,
@@ -42,6 +46,7 @@ impl ViewFs {
         Ok(ViewFs {
             stack: view.stack,
             recorder: view.recorder,
+            policy: opts.policy.clone(),
             inodes,
             pread: PreadFiles::new(),
             passthrough: Passthrough::new(),
@@ -83,6 +88,44 @@ impl ViewFs {
         } else if child.claim(AccessKind::Lookup) {
             recorder.record(&child.rel, AccessKind::Lookup);
         }
+    }
+
+    /// Judges the lookup of the existing `name` in `parent` by `pid`: outside
+    /// the allowed set it is a miss. True when the name is to be hidden
+    /// (enforce mode).
+    pub(super) fn judge_lookup(&self, parent: &Node, name: &OsStr, pid: u32) -> bool {
+        let Some(policy) = &self.policy else {
+            return false;
+        };
+        if policy.allowed().contains_child(&parent.rel, name) {
+            return false;
+        }
+        policy
+            .misses()
+            .record(&parent.rel.join(name), AccessKind::Lookup, pid);
+        policy.hides()
+    }
+
+    /// Judges a `kind` access of `node` by `pid`: outside the allowed set it
+    /// is a miss. Every access the view sees counts, not only the first.
+    pub(super) fn judge(&self, node: &Node, kind: AccessKind, pid: u32) {
+        let Some(policy) = &self.policy else {
+            return;
+        };
+        let outside = *node
+            .outside
+            .get_or_init(|| !policy.allowed().contains_rel(&node.rel));
+        if outside {
+            policy.misses().record(&node.rel, kind, pid);
+        }
+    }
+
+    /// True when `name` in `dir` is left out of listings (enforce mode,
+    /// outside the allowed set).
+    pub(super) fn hidden(&self, dir: &Node, name: &OsStr) -> bool {
+        self.policy
+            .as_ref()
+            .is_some_and(|p| p.hides() && !p.allowed().contains_child(&dir.rel, name))
     }
 
     /// The merged listing of the directory `dir` (numbered `ino`), read once.

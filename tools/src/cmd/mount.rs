@@ -1,19 +1,24 @@
 //! `pare mount`: serve a profiling view of layer directories in the foreground.
 
-use std::path::PathBuf;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use pare_fs::layers::LayerStack;
+use pare_fs::policy::{self, AllowedSet, Misses, MissesWriter, Mode, Policy};
 use pare_fs::profile::Recorder;
 use pare_fs::view::{self, ReadMode, View, ViewOptions};
 
 /// Mount a read-only merged view of layer directories and record first accesses.
 ///
 /// Serves in the foreground until MOUNTPOINT is unmounted or SIGINT/SIGTERM
-/// arrives; then unmounts and flushes the profile.
+/// arrives; then unmounts and flushes the profile and the misses.
+///
+/// In audit mode the view serves everything and journals each access outside
+/// the allowed set as a miss; in enforce mode names outside it do not exist
+/// (and each attempt is a miss). The profile is recorded in every mode.
 #[derive(Debug, Args)]
 pub struct MountArgs {
     /// Append first accesses to this profile journal (created if missing).
@@ -31,6 +36,15 @@ pub struct MountArgs {
     /// How often the profile is flushed, in milliseconds.
     #[arg(long, default_value_t = 10)]
     flush_ms: u64,
+    /// learn, audit or enforce.
+    #[arg(long, default_value_t = Mode::Learn)]
+    mode: Mode,
+    /// The frozen allowed set audit and enforce judge by [default: <profile>.allowed].
+    #[arg(long)]
+    allowed: Option<PathBuf>,
+    /// Where audit and enforce keep misses [default: <profile>.misses].
+    #[arg(long)]
+    misses: Option<PathBuf>,
     /// Layer directories separated by ':', topmost first (as overlayfs lowerdir=).
     lowerdirs: String,
     /// Where to mount the view.
@@ -45,6 +59,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .map(PathBuf::from)
         .collect();
     let stack = LayerStack::open(dirs)?;
+    let policy = policy_of(&args)?;
     let recorder = match &args.profile {
         Some(path) => Some(
             Recorder::open(
@@ -63,6 +78,13 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     }
     if args.no_passthrough {
         opts.read_mode = ReadMode::Pread;
+    }
+    let mut misses_writer = None;
+    if let Some((policy, misses, path)) = policy {
+        let writer = MissesWriter::start(misses, &path, policy::DEFAULT_FLUSH)
+            .with_context(|| format!("cannot keep misses in {}", path.display()))?;
+        misses_writer = Some(writer);
+        opts.policy = Some(policy);
     }
     let view = View::new(stack, recorder.as_ref().map(Recorder::handle));
     let mounted = view::mount(view, &args.mountpoint, &opts)?;
@@ -95,10 +117,60 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         }
     }
     signal_handle.close();
+    // Both are flushed even when one of them fails.
+    let misses_flushed = misses_writer.map(|writer| {
+        let path = writer.path().to_path_buf();
+        writer.stop()?;
+        tracing::info!(misses = %path.display(), "misses flushed");
+        anyhow::Ok(())
+    });
     if let Some(recorder) = recorder {
         let path = args.profile.clone().unwrap_or_default();
         let records = recorder.finish()?;
         tracing::info!(profile = %path.display(), records, "profile flushed");
     }
+    misses_flushed.transpose()?;
     Ok(())
+}
+
+/// The policy of `--mode` (none in learn mode), its misses, and the file they go to.
+fn policy_of(args: &MountArgs) -> anyhow::Result<Option<(Policy, Arc<Misses>, PathBuf)>> {
+    match args.mode {
+        Mode::Learn => {
+            anyhow::ensure!(
+                args.allowed.is_none() && args.misses.is_none(),
+                "--allowed and --misses go with --mode audit or enforce"
+            );
+            return Ok(None);
+        }
+        Mode::Off => anyhow::bail!("--mode off serves no view: mount the layers with overlayfs"),
+        Mode::Audit | Mode::Enforce => {}
+    }
+    let beside_profile = |what: &str, file: fn(&Path) -> PathBuf| {
+        args.profile
+            .as_deref()
+            .map(file)
+            .with_context(|| format!("--mode {} needs --{what} FILE (or --profile)", args.mode))
+    };
+    let allowed_file = match &args.allowed {
+        Some(file) => file.clone(),
+        None => beside_profile("allowed", policy::allowed_path)?,
+    };
+    let misses_file = match &args.misses {
+        Some(file) => file.clone(),
+        None => beside_profile("misses", policy::misses_path)?,
+    };
+    let allowed = AllowedSet::read(&allowed_file).context("cannot read the allowed set")?;
+    let misses = Misses::continue_from(&misses_file, args.image.clone(), args.mode)
+        .context("cannot continue the misses")?;
+    let misses = Arc::new(misses);
+    tracing::info!(
+        mode = %args.mode,
+        allowed = %allowed_file.display(),
+        paths = allowed.len(),
+        misses = %misses_file.display(),
+        "judging accesses against the allowed set"
+    );
+    let policy = Policy::new(args.mode, Arc::new(allowed), misses.clone())?;
+    Ok(Some((policy, misses, misses_file)))
 }
