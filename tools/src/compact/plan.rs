@@ -12,16 +12,9 @@ use super::dpkg::{self, DpkgError};
 use super::elf::{self, ElfError};
 use super::tree::ImageTree;
 
-/// What the user adds to and removes from the profile's closure.
-#[derive(Clone, Debug, Default)]
-pub struct Rules {
-    /// Globs of image paths to keep (`/etc/ssl/**`).
-    pub include: Vec<String>,
-    /// Globs of image paths to drop.
-    pub exclude: Vec<String>,
-    /// Programs to keep with their ELF closure.
-    pub include_exec: Vec<String>,
-}
+/// What the user adds to and removes from the profile's closure: the same
+/// options an allowed set is frozen with.
+pub use pare_fs::policy::Rules;
 
 /// Files, bytes and packages of an image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
