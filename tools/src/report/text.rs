@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::Report;
+use super::hardening::{Hardening, Status};
 
 /// `bytes` in binary units with one decimal (`1.5 MiB`); plain bytes below 1 KiB.
 pub fn human_bytes(bytes: u64) -> String {
@@ -125,7 +126,61 @@ pub fn text(report: &Report) -> String {
         );
         table(&mut out, &rows);
     }
+    hardening(&mut out, &report.hardening);
     out
+}
+
+/// A path's status and note, as text and HTML show them.
+pub(super) fn status_words(status: Status, used_by_workload: bool) -> (&'static str, &'static str) {
+    let word = match status {
+        Status::Present => "present",
+        Status::Removed => "removed",
+        Status::Added => "added",
+    };
+    (
+        word,
+        if used_by_workload {
+            "used by the workload"
+        } else {
+            ""
+        },
+    )
+}
+
+/// The hardening section: its summary, each group's paths, the packages a
+/// scanner still sees.
+fn hardening(out: &mut String, hardening: &Hardening) {
+    let _ = writeln!(
+        out,
+        "
+hardening: {}",
+        hardening.summary
+    );
+    for group in hardening.groups.iter().filter(|g| !g.entries.is_empty()) {
+        let _ = writeln!(
+            out,
+            "
+{}: {} of {} removed",
+            group.label, group.removed, group.original
+        );
+        for entry in &group.entries {
+            let (word, note) = status_words(entry.status, entry.used_by_workload);
+            let line = format!("  {word:<8} {}  {note}", entry.path);
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+    }
+    let packages = &hardening.packages;
+    if packages.original + packages.minimized > 0 {
+        let _ = writeln!(
+            out,
+            "
+packages a vulnerability scanner still sees: {} of {} ({} removed)",
+            packages.minimized, packages.original, packages.removed
+        );
+        for name in &packages.still_visible {
+            let _ = writeln!(out, "  {name}");
+        }
+    }
 }
 
 #[cfg(test)]

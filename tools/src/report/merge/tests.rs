@@ -67,7 +67,13 @@ fn a_whiteout_does_not_hide_an_entry_of_its_own_layer() {
         Tar::new().file("f", b"lower").bytes(),
         Tar::new().file("f", b"upper!").file(".wh.f", b"").bytes(),
     ]);
-    assert_eq!(merged.get("/f"), Some(Node::File { inode: 2, size: 6 }));
+    let upper = Node::File {
+        inode: 2,
+        size: 6,
+        mode: 0o644,
+        capability: false,
+    };
+    assert_eq!(merged.get("/f"), Some(&upper));
 }
 
 #[test]
