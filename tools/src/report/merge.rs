@@ -401,7 +401,7 @@ impl Merged {
     /// through [`Merged::new`].
     pub fn content(&self, path: &str) -> Option<&[u8]> {
         match self.get(path)? {
-            Node::File { inode, .. } => self.contents.get(&inode).map(Vec::as_slice),
+            Node::File { inode, .. } => self.contents.get(inode).map(Vec::as_slice),
             _ => None,
         }
     }

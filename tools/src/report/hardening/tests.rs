@@ -117,7 +117,10 @@ fn minimized() -> ImageView {
     image("min", vec![layer])
 }
 
-fn entries(group: &Group) -> Vec<(&str, Status, bool)> {
+/// A path, its status and whether it is marked used by the workload.
+type Row<'a> = (&'a str, Status, bool);
+
+fn entries(group: &Group) -> Vec<Row<'_>> {
     group
         .entries
         .iter()
@@ -145,7 +148,7 @@ fn programs_setid_and_capability_files_are_listed_with_their_status() {
         ]
     );
     use Status::{Added, Present, Removed};
-    let want: [(u64, u64, u64, Vec<(&str, Status, bool)>); 6] = [
+    let want: [(u64, u64, u64, Vec<Row>); 6] = [
         (
             4,
             0,
