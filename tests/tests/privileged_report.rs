@@ -1,14 +1,17 @@
 //! `pare report` end to end: two images imported into a private containerd
-//! (a 3-layer original with whiteouts, an opaque directory, a hardlink and a
-//! dpkg status of 3 packages; a 1-layer minimized image with 1 package) are
-//! compared from their blobs, as JSON, text and HTML, with exact figures.
+//! (a 3-layer usrmerged original with whiteouts, an opaque directory, a
+//! hardlink, a shell, a package manager, a download tool, an interpreter, a
+//! setuid file, a file with capabilities and a dpkg status of 3 packages; a
+//! 1-layer minimized image that keeps the interpreter, the capability file
+//! and 1 package) are compared from their blobs, as JSON, text and HTML, with
+//! exact figures and the exact hardening section.
 
 use std::process::{Command, Output};
 
 use anyhow::{Result, ensure};
 use pare_tests::containerd::Containerd;
 use pare_tests::mounts::Scratch;
-use pare_tests::oci::{BuiltImage, Image, Layer};
+use pare_tests::oci::{BuiltImage, Image, Layer, vfs_cap_v2};
 use pare_tests::prereq::{CONTAINERD, Need, pare_bin, privileged};
 use serde_json::{Value, json};
 
@@ -17,22 +20,51 @@ const MINIMIZED: &str = "docker.io/pare-tests/report:v1-pare";
 
 const NEEDS: &[Need] = CONTAINERD;
 
+const HARDENING_SUMMARY: &str = "removed: 2 of 2 shells, 1 of 1 package managers, \
+1 of 1 download and network tools, 0 of 2 compilers and interpreters, \
+1 of 1 setuid/setgid files, 0 of 1 files with capabilities, 2 of 3 packages";
+
 const STATUS_3: &str = "Package: app\nStatus: install ok installed\nInstalled-Size: 10\n\n\
 Package: tool\nStatus: install ok installed\nInstalled-Size: 20\n\n\
 Package: docs\nStatus: install ok installed\nInstalled-Size: 4\n";
 const STATUS_1: &str = "Package: app\nStatus: install ok installed\nInstalled-Size: 10\n";
 
+/// `cap_net_raw`, the capability of `ping`.
+const CAP_NET_RAW: u64 = 1 << 13;
+
 fn bytes(n: usize) -> Vec<u8> {
     vec![b'x'; n]
 }
 
-/// The original: 7 files (one a hardlink) after whiteouts and an opaque dir.
+/// What an attacker reaches for, in `layer`'s usrmerged `/usr/bin` (`/bin ->
+/// usr/bin`): with `all`, a shell and its `sh` link, apt, curl, python3.11
+/// and its `python3` link, setuid passwd and ping with `cap_net_raw`
+/// (60 bytes in 6 files and 3 links); without, what the workload kept:
+/// python and ping (20 bytes in 2 files and 2 links).
+fn attack_surface(layer: &mut Layer, all: bool) {
+    layer.symlink("bin", "usr/bin");
+    layer.file("usr/bin/python3.11", bytes(10), 0o755);
+    layer.symlink("usr/bin/python3", "python3.11");
+    layer
+        .file("usr/bin/ping", bytes(10), 0o755)
+        .xattr("security.capability", &vfs_cap_v2(CAP_NET_RAW, 0, true));
+    if all {
+        layer.file("usr/bin/bash", bytes(10), 0o755);
+        layer.symlink("usr/bin/sh", "bash");
+        layer.file("usr/bin/apt", bytes(10), 0o755);
+        layer.file("usr/bin/curl", bytes(10), 0o755);
+        layer.file("usr/bin/passwd", bytes(10), 0o4755);
+    }
+}
+
+/// The original: 16 files (one a hardlink) after whiteouts and an opaque dir.
 fn original() -> Result<Image> {
     let mut base = Layer::new(1_700_000_000);
     base.dir_all("etc", 0o755);
     base.file("etc/passwd", bytes(50), 0o644);
     base.dir_all("usr/bin", 0o755);
     base.file("usr/bin/app", bytes(1000), 0o755);
+    attack_surface(&mut base, true);
     base.hardlink("usr/bin/app-link", "usr/bin/app");
     base.dir_all("usr/share/doc/app", 0o755);
     base.file("usr/share/doc/app/copyright", bytes(300), 0o644);
@@ -59,13 +91,14 @@ fn original() -> Result<Image> {
     Image::new().layer(&base)?.layer(&second)?.layer(&third)
 }
 
-/// The minimized image: 3 of the files and a status of 1 package.
+/// The minimized image: 7 of the files and a status of 1 package.
 fn minimized() -> Result<Image> {
     let mut layer = Layer::new(1_700_000_300);
     layer.dir_all("etc", 0o755);
     layer.file("etc/passwd", bytes(60), 0o644);
     layer.dir_all("usr/bin", 0o755);
     layer.file("usr/bin/app", bytes(1000), 0o755);
+    attack_surface(&mut layer, false);
     layer.dir_all("var/lib/dpkg", 0o755);
     layer.file("var/lib/dpkg/status", STATUS_1, 0o644);
     Image::new().layer(&layer)
@@ -125,19 +158,19 @@ fn privileged_report_compares_two_images_from_their_blobs() -> Result<()> {
     );
     let got: Value = serde_json::from_slice(&out.stdout)?;
 
-    let orig_bytes = 60 + 1000 + 700 + 300 + 4000 + STATUS_3.len() as u64;
-    let min_bytes = 60 + 1000 + STATUS_1.len() as u64;
-    assert_eq!(got["original"], summary(&orig, ORIGINAL, 7, orig_bytes, 3));
-    assert_eq!(got["minimized"], summary(&min, MINIMIZED, 3, min_bytes, 1));
+    let orig_bytes = 60 + 1000 + 700 + 300 + 4000 + 60 + STATUS_3.len() as u64;
+    let min_bytes = 60 + 1000 + 20 + STATUS_1.len() as u64;
+    assert_eq!(got["original"], summary(&orig, ORIGINAL, 16, orig_bytes, 3));
+    assert_eq!(got["minimized"], summary(&min, MINIMIZED, 7, min_bytes, 1));
     assert_eq!(got["ratios"]["layers"], json!(1.0 / 3.0));
-    assert_eq!(got["ratios"]["files"], json!(3.0 / 7.0));
+    assert_eq!(got["ratios"]["files"], json!(7.0 / 16.0));
     assert_eq!(
         got["ratios"]["bytes"],
         json!(min_bytes as f64 / orig_bytes as f64)
     );
     assert_eq!(
         got["removed"],
-        json!({"files": 4, "bytes": 5000, "packages": 2, "package_bytes": 24 * 1024})
+        json!({"files": 9, "bytes": 5040, "packages": 2, "package_bytes": 24 * 1024})
     );
     let dir = |path: &str, rf: u64, rb: u64, kf: u64, kb: u64| json!({"path": path, "removed_files": rf, "removed_bytes": rb, "kept_files": kf, "kept_bytes": kb});
     assert_eq!(
@@ -145,7 +178,7 @@ fn privileged_report_compares_two_images_from_their_blobs() -> Result<()> {
         json!([
             dir("/usr/lib/tool", 1, 4000, 0, 0),
             // app-link is gone but app keeps the hardlinked bytes.
-            dir("/usr/bin", 2, 700, 1, 1000),
+            dir("/usr/bin", 7, 740, 4, 1020),
             dir("/usr/share/doc", 1, 300, 0, 0),
         ])
     );
@@ -157,13 +190,54 @@ fn privileged_report_compares_two_images_from_their_blobs() -> Result<()> {
         ])
     );
 
+    let entry = |path: &str, status: &str, used_by_workload: bool| json!({"path": path, "status": status, "used_by_workload": used_by_workload});
+    let group = |category: &str, label: &str, counts: [u64; 3], entries: Vec<Value>| json!({"category": category, "label": label, "original": counts[0], "minimized": counts[1], "removed": counts[2], "entries": entries});
+    assert_eq!(
+        got["hardening"],
+        json!({
+            "summary": HARDENING_SUMMARY,
+            "groups": [
+                group("shells", "shells", [2, 0, 2], vec![
+                    entry("/usr/bin/bash", "removed", false),
+                    entry("/usr/bin/sh", "removed", false),
+                ]),
+                group("package_managers", "package managers", [1, 0, 1], vec![
+                    entry("/usr/bin/apt", "removed", false),
+                ]),
+                group("network_tools", "download and network tools", [1, 0, 1], vec![
+                    entry("/usr/bin/curl", "removed", false),
+                ]),
+                group("compilers_interpreters", "compilers and interpreters", [2, 2, 0], vec![
+                    entry("/usr/bin/python3", "present", true),
+                    entry("/usr/bin/python3.11", "present", true),
+                ]),
+                group("setuid_setgid", "setuid/setgid files", [1, 0, 1], vec![
+                    entry("/usr/bin/passwd", "removed", false),
+                ]),
+                group("capabilities", "files with capabilities", [1, 1, 0], vec![
+                    entry("/usr/bin/ping", "present", false),
+                ]),
+            ],
+            "packages": {
+                "original": 3,
+                "minimized": 1,
+                "removed": 2,
+                "still_visible": ["app"],
+                "removed_names": ["docs", "tool"],
+            },
+        })
+    );
+
     let page = std::fs::read_to_string(&html_path)?;
+    let hardening_heading = format!("<h2>Hardening</h2>\n<p>{HARDENING_SUMMARY}</p>");
     for needle in [
         "<svg",
         ORIGINAL,
         MINIMIZED,
         orig.manifest_digest.as_str(),
         "/usr/lib/tool",
+        &hardening_heading,
+        "<tr><td><code>/usr/bin/passwd</code></td><td class=\"removed\">removed</td><td></td></tr>",
     ] {
         ensure!(page.contains(needle), "the page lacks {needle:?}");
     }
@@ -177,10 +251,17 @@ fn privileged_report_compares_two_images_from_their_blobs() -> Result<()> {
     let text = report(&containerd, &[ORIGINAL, MINIMIZED])?;
     ensure!(text.status.success());
     let text = String::from_utf8(text.stdout)?;
-    ensure!(
-        text.contains("removed: 4 files (4.9 KiB), 2 packages (24.0 KiB installed)"),
-        "text report:\n{text}"
-    );
+    for line in [
+        "removed: 9 files (4.9 KiB), 2 packages (24.0 KiB installed)".to_string(),
+        format!("hardening: {HARDENING_SUMMARY}"),
+        "  present  /usr/bin/python3.11  used by the workload".to_string(),
+        "packages a vulnerability scanner still sees: 1 of 3 (2 removed)".to_string(),
+    ] {
+        ensure!(
+            text.lines().any(|l| l == line),
+            "text report lacks {line:?}:\n{text}"
+        );
+    }
     Ok(())
 }
 

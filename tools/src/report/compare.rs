@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use super::hardening::{self, Hardening};
 use super::merge::{Merged, Node};
 
 /// How many directories and packages the report lists.
@@ -124,13 +125,23 @@ pub struct PackageRow {
 ///   "removed":   {"files": 0, "bytes": 0, "packages": 0, "package_bytes": 0},
 ///   "top_directories": [{"path": "/usr/share/doc", "removed_files": 0,
 ///                        "removed_bytes": 0, "kept_files": 0, "kept_bytes": 0}],
-///   "top_removed_packages": [{"name": "perl-base", "installed_size_bytes": 0}]
+///   "top_removed_packages": [{"name": "perl-base", "installed_size_bytes": 0}],
+///   "hardening": {
+///     "summary": "removed: 2 of 2 shells, …",
+///     "groups": [{"category": "shells", "label": "shells", "original": 2,
+///                 "minimized": 0, "removed": 2,
+///                 "entries": [{"path": "/usr/bin/bash", "status": "removed",
+///                              "used_by_workload": false}]}],
+///     "packages": {"original": 3, "minimized": 1, "removed": 2,
+///                  "still_visible": ["app"], "removed_names": ["docs", "tool"]}
+///   }
 /// }
 /// ```
 ///
 /// Ratios are minimized / original (`null` when the original's figure is
 /// 0); the lists hold at most [`TOP`] rows, largest removed bytes first
-/// (ties by name).
+/// (ties by name). `hardening` is described in [`hardening`]; its lists
+/// are complete.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
     /// The image before.
@@ -145,6 +156,8 @@ pub struct Report {
     pub top_directories: Vec<DirectoryRow>,
     /// Removed packages by installed size.
     pub top_removed_packages: Vec<PackageRow>,
+    /// What an attacker reaches for, before and after.
+    pub hardening: Hardening,
 }
 
 /// Compares `original` and `minimized`.
@@ -160,7 +173,7 @@ pub fn compare(original: &ImageView, minimized: &ImageView) -> Report {
         packages: ratio(m.packages, o.packages),
     };
 
-    let kept = |path: &str| matches!(minimized.tree.get(path), Some(n) if n != Node::Dir);
+    let kept = |path: &str| matches!(minimized.tree.get(path), Some(n) if *n != Node::Dir);
     let mut rows: BTreeMap<String, DirectoryRow> = BTreeMap::new();
     let mut removed = Removed {
         files: 0,
@@ -171,7 +184,7 @@ pub fn compare(original: &ImageView, minimized: &ImageView) -> Report {
     // Each hardlink group: its first name, and whether any name is kept.
     let mut groups: BTreeMap<u64, (String, u64, bool)> = BTreeMap::new();
     for (path, node) in original.tree.entries() {
-        if node == Node::Dir {
+        if *node == Node::Dir {
             continue;
         }
         let is_kept = kept(&path);
@@ -179,7 +192,7 @@ pub fn compare(original: &ImageView, minimized: &ImageView) -> Report {
             removed.files += 1;
             row(&mut rows, &path).removed_files += 1;
         }
-        if let Node::File { inode, size } = node {
+        if let Node::File { inode, size, .. } = *node {
             let group = groups.entry(inode).or_insert((path, size, false));
             group.2 |= is_kept;
         }
@@ -192,11 +205,11 @@ pub fn compare(original: &ImageView, minimized: &ImageView) -> Report {
     }
     let mut seen = BTreeSet::new();
     for (path, node) in minimized.tree.entries() {
-        if node == Node::Dir {
+        if *node == Node::Dir {
             continue;
         }
-        let size = match node {
-            Node::File { inode, size } if seen.insert(inode) => size,
+        let size = match *node {
+            Node::File { inode, size, .. } if seen.insert(inode) => size,
             _ => 0,
         };
         let row = row(&mut rows, &path);
@@ -237,6 +250,7 @@ pub fn compare(original: &ImageView, minimized: &ImageView) -> Report {
         removed,
         top_directories,
         top_removed_packages: packages,
+        hardening: hardening::compare(original, minimized),
     }
 }
 

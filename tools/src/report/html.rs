@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 use super::Report;
-use super::text::{human_bytes, percent};
+use super::hardening::Hardening;
+use super::text::{human_bytes, percent, status_words};
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;\
 margin:2em auto;max-width:960px;color:#1f2328;padding:0 1em}\
@@ -13,7 +14,8 @@ code{font-family:ui-monospace,monospace;font-size:.9em;word-break:break-all}\
 table{border-collapse:collapse;margin:1em 0}th,td{padding:.3em .8em;border-bottom:1px solid #d0d7de}\
 th{text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 svg text{font-size:12px;fill:#1f2328}.kept{fill:#2da44e}.removed{fill:#cf222e}\
-.legend span{display:inline-block;width:.8em;height:.8em;margin:0 .3em 0 1em;vertical-align:middle}";
+.legend span{display:inline-block;width:.8em;height:.8em;margin:0 .3em 0 1em;vertical-align:middle}\
+td.removed{color:#1a7f37}td.present,td.added{color:#cf222e}";
 
 /// Bar colours (also in [`STYLE`]).
 const KEPT: &str = "#2da44e";
@@ -217,8 +219,60 @@ pub fn html(report: &Report) -> String {
             .collect();
         chart(&mut out, "removed packages by installed size", &bars);
     }
+    hardening(&mut out, &report.hardening);
     out.push_str("</body>\n</html>\n");
     out
+}
+
+/// The hardening section: its summary, a table per group with paths, the
+/// packages a scanner still sees and those it no longer does.
+fn hardening(out: &mut String, hardening: &Hardening) {
+    let _ = writeln!(
+        out,
+        "<h2>Hardening</h2>\n<p>{}</p>",
+        escape(&hardening.summary)
+    );
+    for group in hardening.groups.iter().filter(|g| !g.entries.is_empty()) {
+        let _ = writeln!(
+            out,
+            "<h3>{}: {} of {} removed</h3>\n<table>\n<tr><th>path</th><th>status</th><th></th></tr>",
+            escape(&group.label),
+            group.removed,
+            group.original
+        );
+        for entry in &group.entries {
+            let (word, note) = status_words(entry.status, entry.used_by_workload);
+            let _ = writeln!(
+                out,
+                "<tr><td><code>{}</code></td><td class=\"{word}\">{word}</td><td>{note}</td></tr>",
+                escape(&entry.path)
+            );
+        }
+        out.push_str("</table>\n");
+    }
+    let packages = &hardening.packages;
+    if packages.original + packages.minimized > 0 {
+        let _ = writeln!(
+            out,
+            "<h3>Packages a vulnerability scanner still sees: {} of {}</h3>",
+            packages.minimized, packages.original
+        );
+        for (title, names) in [
+            ("still seen", &packages.still_visible),
+            ("no longer seen", &packages.removed_names),
+        ] {
+            let list: Vec<String> = names
+                .iter()
+                .map(|n| format!("<code>{}</code>", escape(n)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "<details><summary>{title}: {}</summary><p>{}</p></details>",
+                names.len(),
+                list.join(" ")
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -236,7 +290,8 @@ mod tests {
     }
 
     #[test]
-    fn the_page_is_self_contained_with_two_charts() {
+    fn the_page_is_self_contained_with_two_charts_and_the_hardening() {
+        use crate::report::hardening::{Entry, Group, ScannerPackages, Status};
         use crate::report::{DirectoryRow, ImageSummary, PackageRow, Ratios, Removed};
         let image = |name: &str| ImageSummary {
             name: name.into(),
@@ -276,11 +331,50 @@ mod tests {
                 name: "perl-base".into(),
                 installed_size_bytes: 4096,
             }],
+            hardening: Hardening {
+                summary: "removed: 1 of 2 shells, 1 of 2 packages".into(),
+                groups: vec![Group {
+                    category: "shells".into(),
+                    label: "shells".into(),
+                    original: 2,
+                    minimized: 1,
+                    removed: 1,
+                    entries: vec![
+                        Entry {
+                            path: "/usr/bin/<bash>".into(),
+                            status: Status::Removed,
+                            used_by_workload: false,
+                        },
+                        Entry {
+                            path: "/usr/bin/sh".into(),
+                            status: Status::Present,
+                            used_by_workload: false,
+                        },
+                    ],
+                }],
+                packages: ScannerPackages {
+                    original: 2,
+                    minimized: 1,
+                    removed: 1,
+                    still_visible: vec!["libc6".into()],
+                    removed_names: vec!["perl-base".into()],
+                },
+            },
         };
         let page = html(&report);
         assert_eq!(page.matches("<svg").count(), 2);
         assert!(page.contains("app:&lt;v1&gt;") && !page.contains("app:<v1>"));
         assert!(page.contains("perl-base") && page.contains("/usr/share/doc"));
+        for needle in [
+            "<h2>Hardening</h2>\n<p>removed: 1 of 2 shells, 1 of 2 packages</p>",
+            "<h3>shells: 1 of 2 removed</h3>",
+            "<tr><td><code>/usr/bin/&lt;bash&gt;</code></td><td class=\"removed\">removed</td><td></td></tr>",
+            "<tr><td><code>/usr/bin/sh</code></td><td class=\"present\">present</td><td></td></tr>",
+            "<details><summary>still seen: 1</summary><p><code>libc6</code></p></details>",
+            "<details><summary>no longer seen: 1</summary><p><code>perl-base</code></p></details>",
+        ] {
+            assert!(page.contains(needle), "{needle}\n{page}");
+        }
         assert!(
             page.contains("width=\"460.0\""),
             "the longest bar fills the area"

@@ -9,7 +9,8 @@
 //! - An entry replaces what a lower layer has at its path; a non-directory
 //!   replacing a directory hides the directory's whole subtree. A directory
 //!   over a directory merges.
-//! - A tar hardlink joins its target's inode: its bytes count once.
+//! - A tar hardlink joins its target's inode: its bytes count once, and its
+//!   mode and capabilities are the inode's.
 //! - Paths are normalized (leading `/` and `./`, `.` components); a path with
 //!   `..` is refused.
 
@@ -19,11 +20,20 @@ use std::io::{self, Read};
 use oci_spec::image::MediaType;
 use tar::EntryType;
 
+mod resolve;
+pub use resolve::MAX_SYMLINKS;
 #[cfg(test)]
 mod tests;
 
 /// The most bytes of one captured file (the dpkg status) kept in memory.
 pub const MAX_CAPTURE: u64 = 64 << 20;
+
+/// The PAX records that carry a file's `security.capability` xattr: GNU tar
+/// and Go's archive/tar write the first, bsdtar the second.
+const CAPABILITY_RECORDS: [&str; 2] = [
+    "SCHILY.xattr.security.capability",
+    "LIBARCHIVE.xattr.security.capability",
+];
 
 /// Why a layer could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -114,18 +124,28 @@ impl Compression {
 }
 
 /// What a merged path is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
     /// A directory.
     Dir,
-    /// A regular file: its inode (shared by its hardlinks) and size.
+    /// A regular file: its inode (shared by its hardlinks), size, mode and
+    /// whether it has file capabilities.
     File {
         /// Identifies the hardlink group.
         inode: u64,
         /// Content bytes.
         size: u64,
+        /// Permission bits with setuid, setgid and sticky (`0o4755`).
+        mode: u32,
+        /// It carries a `security.capability` xattr.
+        capability: bool,
     },
-    /// A symlink, device, fifo: no content bytes.
+    /// A symlink: its target as the tar has it.
+    Symlink {
+        /// The target, absolute or relative to the link's directory.
+        target: String,
+    },
+    /// A device or fifo: no content bytes.
     Other,
 }
 
@@ -201,6 +221,8 @@ impl Merged {
                     EntryType::Directory => Node::Dir,
                     EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                         let size = entry.size();
+                        let mode = entry.header().mode()?;
+                        let capability = has_capability(&mut entry)?;
                         let inode = self.inode();
                         if self.capture.contains(&path) {
                             if size > MAX_CAPTURE {
@@ -210,7 +232,12 @@ impl Merged {
                             entry.read_to_end(&mut bytes)?;
                             self.contents.insert(inode, bytes);
                         }
-                        Node::File { inode, size }
+                        Node::File {
+                            inode,
+                            size,
+                            mode,
+                            capability,
+                        }
                     }
                     EntryType::Link => {
                         let target = entry
@@ -221,9 +248,13 @@ impl Merged {
                         link = Some(normalized.ok_or(MergeError::BadPath { path: target })?);
                         Node::Other
                     }
-                    EntryType::Symlink | EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                        Node::Other
-                    }
+                    EntryType::Symlink => Node::Symlink {
+                        target: entry
+                            .link_name_bytes()
+                            .map(|t| String::from_utf8_lossy(&t).into_owned())
+                            .unwrap_or_default(),
+                    },
+                    EntryType::Char | EntryType::Block | EntryType::Fifo => Node::Other,
                     _ => continue, // PAX and GNU records are consumed by the tar crate
                 };
                 entries.push(Pending { path, node, link });
@@ -262,7 +293,7 @@ impl Merged {
                         target: format!("/{target}"),
                     });
                 }
-                Some(found) => *found,
+                Some(found) => found.clone(),
             };
         }
         // An entry's ancestors are directories.
@@ -275,7 +306,7 @@ impl Merged {
             }
             at += slash + 1;
         }
-        match (self.nodes.get(&path), node) {
+        match (self.nodes.get(&path), &node) {
             (Some(Node::Dir), Node::Dir) => {}
             (Some(_), _) => {
                 self.remove(&path);
@@ -314,20 +345,20 @@ impl Merged {
     }
 
     /// Every path (absolute) and what it is, sorted by path.
-    pub fn entries(&self) -> impl Iterator<Item = (String, Node)> + '_ {
-        self.nodes.iter().map(|(p, n)| (format!("/{p}"), *n))
+    pub fn entries(&self) -> impl Iterator<Item = (String, &Node)> + '_ {
+        self.nodes.iter().map(|(p, n)| (format!("/{p}"), n))
     }
 
-    /// What is at `path` (absolute).
-    pub fn get(&self, path: &str) -> Option<Node> {
-        self.nodes.get(path.trim_start_matches('/')).copied()
+    /// What is at `path` (absolute), the last component not followed.
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(path.trim_start_matches('/'))
     }
 
     /// The content of `path` (absolute), when it is a regular file captured
     /// through [`Merged::new`].
     pub fn content(&self, path: &str) -> Option<&[u8]> {
         match self.get(path)? {
-            Node::File { inode, .. } => self.contents.get(&inode).map(Vec::as_slice),
+            Node::File { inode, .. } => self.contents.get(inode).map(Vec::as_slice),
             _ => None,
         }
     }
@@ -343,11 +374,26 @@ impl Merged {
         self.nodes
             .values()
             .filter_map(|n| match n {
-                Node::File { inode, size } if seen.insert(*inode) => Some(*size),
+                Node::File { inode, size, .. } if seen.insert(*inode) => Some(*size),
                 _ => None,
             })
             .sum()
     }
+}
+
+/// Whether a tar entry carries a `security.capability` xattr.
+fn has_capability<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<bool> {
+    let Some(records) = entry.pax_extensions()? else {
+        return Ok(false);
+    };
+    for record in records {
+        if let Ok(key) = record?.key()
+            && CAPABILITY_RECORDS.contains(&key)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// `raw` as a relative path without `.` components; `None` when it has `..`.

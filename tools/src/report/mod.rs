@@ -4,6 +4,7 @@
 //! and by package; as text, JSON or a self-contained HTML page.
 
 mod compare;
+pub mod hardening;
 mod html;
 pub mod merge;
 pub mod packages;
@@ -15,6 +16,7 @@ mod testing;
 pub use compare::{
     DirectoryRow, ImageSummary, ImageView, PackageRow, Ratios, Removed, Report, TOP, compare, group,
 };
+pub use hardening::Hardening;
 pub use html::html;
 pub use text::{human_bytes, text};
 

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::Report;
+use super::hardening::{Hardening, Status};
 
 /// `bytes` in binary units with one decimal (`1.5 MiB`); plain bytes below 1 KiB.
 pub fn human_bytes(bytes: u64) -> String {
@@ -125,7 +126,61 @@ pub fn text(report: &Report) -> String {
         );
         table(&mut out, &rows);
     }
+    hardening(&mut out, &report.hardening);
     out
+}
+
+/// A path's status and note, as text and HTML show them.
+pub(super) fn status_words(status: Status, used_by_workload: bool) -> (&'static str, &'static str) {
+    let word = match status {
+        Status::Present => "present",
+        Status::Removed => "removed",
+        Status::Added => "added",
+    };
+    (
+        word,
+        if used_by_workload {
+            "used by the workload"
+        } else {
+            ""
+        },
+    )
+}
+
+/// The hardening section: its summary, each group's paths, the packages a
+/// scanner still sees.
+fn hardening(out: &mut String, hardening: &Hardening) {
+    let _ = writeln!(
+        out,
+        "
+hardening: {}",
+        hardening.summary
+    );
+    for group in hardening.groups.iter().filter(|g| !g.entries.is_empty()) {
+        let _ = writeln!(
+            out,
+            "
+{}: {} of {} removed",
+            group.label, group.removed, group.original
+        );
+        for entry in &group.entries {
+            let (word, note) = status_words(entry.status, entry.used_by_workload);
+            let line = format!("  {word:<8} {}  {note}", entry.path);
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
+    }
+    let packages = &hardening.packages;
+    if packages.original + packages.minimized > 0 {
+        let _ = writeln!(
+            out,
+            "
+packages a vulnerability scanner still sees: {} of {} ({} removed)",
+            packages.minimized, packages.original, packages.removed
+        );
+        for name in &packages.still_visible {
+            let _ = writeln!(out, "  {name}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -147,5 +202,73 @@ mod tests {
         }
         assert_eq!(percent(None), "-");
         assert_eq!(percent(Some(0.125)), "12.5%");
+    }
+
+    #[test]
+    fn the_hardening_lists_each_path_and_the_packages_still_seen() {
+        use crate::report::hardening::{Entry, Group, ScannerPackages};
+        let entry = |path: &str, status, used_by_workload| Entry {
+            path: path.into(),
+            status,
+            used_by_workload,
+        };
+        let group = |category: &str, label: &str, removed, entries: Vec<Entry>| Group {
+            category: category.into(),
+            label: label.into(),
+            original: entries.iter().filter(|e| e.status != Status::Added).count() as u64,
+            minimized: entries
+                .iter()
+                .filter(|e| e.status != Status::Removed)
+                .count() as u64,
+            removed,
+            entries,
+        };
+        let hardening_section = Hardening {
+            summary: "removed: 1 of 1 shells, 1 of 2 compilers and interpreters, 1 of 2 packages"
+                .into(),
+            groups: vec![
+                group(
+                    "shells",
+                    "shells",
+                    1,
+                    vec![entry("/usr/bin/bash", Status::Removed, false)],
+                ),
+                group("capabilities", "files with capabilities", 0, vec![]),
+                group(
+                    "compilers_interpreters",
+                    "compilers and interpreters",
+                    1,
+                    vec![
+                        entry("/usr/bin/perl", Status::Removed, false),
+                        entry("/usr/bin/python3", Status::Present, true),
+                        entry("/usr/local/bin/node", Status::Added, true),
+                    ],
+                ),
+            ],
+            packages: ScannerPackages {
+                original: 2,
+                minimized: 1,
+                removed: 1,
+                still_visible: vec!["libc6".into()],
+                removed_names: vec!["perl".into()],
+            },
+        };
+        let mut out = String::new();
+        hardening(&mut out, &hardening_section);
+        let want = "
+hardening: removed: 1 of 1 shells, 1 of 2 compilers and interpreters, 1 of 2 packages
+
+shells: 1 of 1 removed
+  removed  /usr/bin/bash
+
+compilers and interpreters: 1 of 2 removed
+  removed  /usr/bin/perl
+  present  /usr/bin/python3  used by the workload
+  added    /usr/local/bin/node  used by the workload
+
+packages a vulnerability scanner still sees: 1 of 2 (1 removed)
+  libc6
+";
+        assert_eq!(out, want);
     }
 }

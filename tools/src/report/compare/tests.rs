@@ -1,29 +1,7 @@
 //! Tests of the report figures on two small images.
 
 use super::*;
-use crate::report::testing::Tar;
-
-fn view(name: &str, layers: Vec<Vec<u8>>, packages: &[(&str, u64)]) -> ImageView {
-    let mut tree = Merged::new(&[]);
-    let mut uncompressed = 0;
-    for layer in &layers {
-        uncompressed += tree.apply_tar(layer.as_slice()).unwrap();
-    }
-    ImageView {
-        summary: ImageSummary {
-            name: name.into(),
-            manifest_digest: format!("sha256:{name}"),
-            layers: layers.len() as u64,
-            compressed_bytes: uncompressed / 2,
-            uncompressed_bytes: uncompressed,
-            files: tree.files(),
-            bytes: tree.bytes(),
-            packages: packages.len() as u64,
-        },
-        tree,
-        packages: packages.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
-    }
-}
+use crate::report::testing::{Tar, view};
 
 #[test]
 fn directories_are_grouped_deeper_under_usr() {

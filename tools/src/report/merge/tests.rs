@@ -67,7 +67,13 @@ fn a_whiteout_does_not_hide_an_entry_of_its_own_layer() {
         Tar::new().file("f", b"lower").bytes(),
         Tar::new().file("f", b"upper!").file(".wh.f", b"").bytes(),
     ]);
-    assert_eq!(merged.get("/f"), Some(Node::File { inode: 2, size: 6 }));
+    let upper = Node::File {
+        inode: 2,
+        size: 6,
+        mode: 0o644,
+        capability: false,
+    };
+    assert_eq!(merged.get("/f"), Some(&upper));
 }
 
 #[test]
@@ -190,5 +196,85 @@ fn blobs_are_decompressed_by_media_type() {
             Compression::of_media_type(&unsupported).is_err(),
             "{unsupported}"
         );
+    }
+}
+
+#[test]
+fn modes_capabilities_and_link_targets_are_kept_and_hardlinks_share_them() {
+    let merged = merge(vec![
+        Tar::new()
+            .file_mode("usr/bin/su", b"su", 0o4755)
+            .hardlink("usr/bin/su2", "usr/bin/su")
+            .capability("usr/bin/ping", b"ping")
+            .symlink("usr/bin/sh", "dash")
+            .bytes(),
+    ]);
+    let su = Node::File {
+        inode: 1,
+        size: 2,
+        mode: 0o4755,
+        capability: false,
+    };
+    let ping = Node::File {
+        inode: 2,
+        size: 4,
+        mode: 0o755,
+        capability: true,
+    };
+    let sh = Node::Symlink {
+        target: "dash".into(),
+    };
+    assert_eq!(merged.get("/usr/bin/su"), Some(&su));
+    assert_eq!(merged.get("/usr/bin/su2"), Some(&su));
+    assert_eq!(merged.get("/usr/bin/ping"), Some(&ping));
+    assert_eq!(merged.get("/usr/bin/sh"), Some(&sh));
+}
+
+#[test]
+fn paths_resolve_through_symlinks_inside_the_image() {
+    let merged = merge(vec![
+        Tar::new()
+            .dir("usr/bin")
+            .symlink("bin", "usr/bin")
+            .file_mode("usr/bin/dash", b"dash", 0o755)
+            .symlink("usr/bin/sh", "dash")
+            .symlink("etc/alternatives/sh", "/bin/sh")
+            .symlink("usr/local/bin/sh", "../../bin/./sh")
+            .symlink("up", "../../../usr/bin/dash")
+            .symlink("loop/a", "b")
+            .symlink("loop/b", "a")
+            .symlink("dangling", "usr/bin/bash")
+            .symlink("through-a-file", "usr/bin/dash/x")
+            .bytes(),
+    ]);
+    let dash = |path: &str| {
+        merged
+            .resolve(path)
+            .map(|(at, node)| (at, matches!(node, Node::File { .. })))
+    };
+    for path in [
+        "/usr/bin/dash",
+        "/bin/dash",
+        "/bin/sh",
+        "/etc/alternatives/sh",
+        "/usr/local/bin/sh",
+        "up",
+        "/usr/../bin/sh",
+    ] {
+        assert_eq!(dash(path), Some(("/usr/bin/dash".into(), true)), "{path}");
+    }
+    assert_eq!(
+        merged.resolve("/bin"),
+        Some(("/usr/bin".into(), &Node::Dir))
+    );
+    assert_eq!(merged.resolve("/"), Some(("/".into(), &Node::Dir)));
+    for path in [
+        "/loop/a",
+        "/dangling",
+        "/through-a-file",
+        "/usr/bin/dash/",
+        "/nothing",
+    ] {
+        assert_eq!(merged.resolve(path), None, "{path}");
     }
 }
