@@ -16,6 +16,7 @@ use fuser::{
 use super::ReadMode;
 use super::passthrough::Refused;
 use super::pread;
+use super::stats::Opcode;
 use super::viewfs::{ViewFs, io_errno};
 use crate::layers::{LayerIdx, Resolved, xattr};
 use crate::profile::AccessKind;
@@ -60,6 +61,7 @@ impl Filesystem for ViewFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _timed = self.requests.time(Opcode::Lookup);
         let parent_node = match self.node(parent) {
             Ok(node) => node,
             Err(e) => return reply.error(e),
@@ -96,6 +98,7 @@ impl Filesystem for ViewFs {
     // fuser 0.18 does not export `ForgetOne`, so `batch_forget` keeps its
     // default, which calls this once per inode.
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _timed = self.requests.time(Opcode::Forget);
         let Some(node) = self.inodes.forget(ino, nlookup) else {
             return;
         };
@@ -104,6 +107,7 @@ impl Filesystem for ViewFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _timed = self.requests.time(Opcode::Getattr);
         match self.node(ino) {
             Ok(node) => reply.attr(&self.ttl, &node.attr),
             Err(e) => reply.error(e),
@@ -111,6 +115,7 @@ impl Filesystem for ViewFs {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _timed = self.requests.time(Opcode::Readlink);
         let node = match self.node(ino) {
             Ok(node) => node,
             Err(e) => return reply.error(e),
@@ -129,6 +134,7 @@ impl Filesystem for ViewFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _timed = self.requests.time(Opcode::Open);
         let node = match self.node(ino) {
             Ok(node) => node,
             Err(e) => return reply.error(e),
@@ -168,6 +174,7 @@ impl Filesystem for ViewFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _timed = self.requests.time(Opcode::Read);
         let Some(file) = self.pread.get(fh) else {
             return reply.error(Errno::EBADF);
         };
@@ -185,6 +192,7 @@ impl Filesystem for ViewFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _timed = self.requests.time(Opcode::Flush);
         // Nothing to flush in a read-only view; ENOSYS makes the kernel stop
         // sending FLUSH on every close.
         reply.error(Errno::ENOSYS);
@@ -201,6 +209,7 @@ impl Filesystem for ViewFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        let _timed = self.requests.time(Opcode::Ioctl);
         // What overlayfs answers for regular files (isatty() and the like).
         reply.error(Errno::ENOTTY);
     }
@@ -215,6 +224,7 @@ impl Filesystem for ViewFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _timed = self.requests.time(Opcode::Release);
         if fh.0 == 0 {
             if let Ok(node) = self.node(ino) {
                 self.passthrough.release(&node);
@@ -226,6 +236,7 @@ impl Filesystem for ViewFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _timed = self.requests.time(Opcode::Opendir);
         // ENOSYS makes the kernel stop sending OPENDIR and RELEASEDIR: two
         // round trips less per directory. Listings are recorded in readdir.
         reply.error(Errno::ENOSYS);
@@ -239,6 +250,7 @@ impl Filesystem for ViewFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _timed = self.requests.time(Opcode::Readdir);
         let node = match self.node(ino) {
             Ok(node) => node,
             Err(e) => return reply.error(e),
@@ -270,6 +282,7 @@ impl Filesystem for ViewFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _timed = self.requests.time(Opcode::Statfs);
         match rustix::fs::statfs(self.stack.root(LayerIdx(0))) {
             Ok(st) => reply.statfs(
                 st.f_blocks,
@@ -286,6 +299,7 @@ impl Filesystem for ViewFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _timed = self.requests.time(Opcode::Getxattr);
         if xattr::is_overlay_private(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
@@ -304,6 +318,7 @@ impl Filesystem for ViewFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _timed = self.requests.time(Opcode::Listxattr);
         let node = match self.node(ino) {
             Ok(node) => node,
             Err(e) => return reply.error(e),
@@ -321,6 +336,7 @@ impl Filesystem for ViewFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _timed = self.requests.time(Opcode::Access);
         if mask.contains(AccessFlags::W_OK) {
             reply.error(Errno::EROFS);
         } else {

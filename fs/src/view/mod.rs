@@ -12,11 +12,14 @@ mod inodes;
 mod mount;
 mod passthrough;
 mod pread;
+mod stats;
 mod viewfs;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use mount::{MountedView, Stopped, ViewError, is_mountpoint, mount, mountpoints};
+pub use stats::{LATENCY_BOUNDS_SECONDS, OpCounts, Opcode, RequestCounts, RequestStats};
 
 use crate::layers::LayerStack;
 use crate::policy::Policy;
@@ -75,12 +78,23 @@ impl Default for ViewOptions {
 pub struct View {
     pub(crate) stack: LayerStack,
     pub(crate) recorder: Option<RecorderHandle>,
+    pub(crate) requests: Arc<RequestStats>,
 }
 
 impl View {
     /// A view of `stack`; accesses go to `recorder` when there is one.
     pub fn new(stack: LayerStack, recorder: Option<RecorderHandle>) -> View {
-        View { stack, recorder }
+        View {
+            stack,
+            recorder,
+            requests: Arc::default(),
+        }
+    }
+
+    /// The counters of the requests this view will serve (readable while it
+    /// serves).
+    pub fn requests(&self) -> Arc<RequestStats> {
+        self.requests.clone()
     }
 }
 

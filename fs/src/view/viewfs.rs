@@ -13,6 +13,7 @@ use fuser::{Errno, INodeNo};
 use super::inodes::{DirEntry, Inodes, Node, file_type};
 use super::passthrough::Passthrough;
 use super::pread::PreadFiles;
+use super::stats::RequestStats;
 use super::{ReadMode, View, ViewOptions};
 use crate::layers::{LayerIdx, LayerStack, Resolved, xattr};
 use crate::policy::Policy;
@@ -33,6 +34,8 @@ pub(crate) struct ViewFs {
     pub(super) read_mode: ReadMode,
     /// Longest name any layer's file system takes (reported by statfs).
     pub(super) namelen: u64,
+    /// Requests served, by opcode.
+    pub(super) requests: Arc<RequestStats>,
 }
 
 impl ViewFs {
@@ -53,6 +56,7 @@ impl ViewFs {
             ttl: opts.ttl,
             read_mode: opts.read_mode,
             namelen,
+            requests: view.requests,
         })
     }
 
