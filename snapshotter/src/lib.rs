@@ -8,11 +8,13 @@
 //! - [`viewproc`]: the processes that serve views and outlive the daemon;
 //! - [`notify`]: readiness for systemd (`Type=notify`);
 //! - [`service`]: the gRPC service containerd calls;
+//! - [`metrics`]: the Prometheus endpoint (`--metrics-address`);
 //! - [`config`]: the TOML configuration.
 
 pub mod config;
 pub mod error;
 pub mod filter;
+pub mod metrics;
 pub mod mounts;
 pub mod notify;
 pub mod service;

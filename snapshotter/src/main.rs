@@ -1,5 +1,6 @@
 //! `pare-snapshotter`: serves containerd's Snapshots API on a unix socket.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use pare_snapshotter::config::{Config, LogFormat};
+use pare_snapshotter::metrics::{CountingMounter, Metrics, ViewsCollector};
 use pare_snapshotter::service::Service;
 use pare_snapshotter::snapshots::Snapshots;
 use pare_snapshotter::viewproc::serve::{self, ServeArgs};
@@ -36,6 +38,9 @@ struct Args {
     /// Log filter (overrides the config file).
     #[arg(long)]
     log_level: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    #[arg(long, value_name = "ADDR")]
+    metrics_address: Option<SocketAddr>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -97,7 +102,7 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, args.metrics_address))
 }
 
 fn init_logging(config: &Config) {
@@ -116,13 +121,14 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(config: Config, metrics_address: Option<SocketAddr>) -> Result<()> {
     std::fs::create_dir_all(&config.root)
         .with_context(|| format!("cannot create {}", config.root.display()))?;
     // View servers name their mountpoints canonically; so does the daemon.
     let root = std::fs::canonicalize(&config.root)
         .with_context(|| format!("cannot resolve {}", config.root.display()))?;
     let rule_config = config.clone();
+    let mut metrics = Metrics::new();
     let mounter = ProcessMounter::new(ServerConfig {
         program: PathBuf::from("/proc/self/exe"),
         threads: config.view.threads,
@@ -135,7 +141,9 @@ async fn serve(config: Config) -> Result<()> {
     });
     let wait_limit =
         Duration::from_millis(config.view.start_timeout_ms + config.view.stop_timeout_ms);
+    let mounter = CountingMounter::new(mounter, metrics.view_events());
     let views = Views::new(mounter, root.clone(), wait_limit);
+    let views_dir = views.views_dir().to_path_buf();
     let open_root = root.clone();
     let snapshots = tokio::task::spawn_blocking(move || {
         Snapshots::open(
@@ -148,12 +156,35 @@ async fn serve(config: Config) -> Result<()> {
     .with_context(|| format!("cannot open the snapshot store in {}", root.display()))?;
     let snapshots = Arc::new(snapshots);
 
+    let metrics_listener = match metrics_address {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot serve metrics on {address}"))?,
+        ),
+        None => None,
+    };
     let listener = bind(&config)?;
     tracing::info!(address = %config.address.display(), root = %root.display(), views = snapshots.view_status().len(), "serving");
     if let Err(e) = pare_snapshotter::notify::ready() {
         tracing::warn!(error = %e, "cannot notify systemd");
     }
-    let service = containerd_snapshots::server(Arc::new(Service::new(snapshots.clone())));
+    let service = match metrics_listener {
+        Some(listener) => {
+            let source = snapshots.clone();
+            metrics.collect_views(ViewsCollector::new(
+                Arc::new(move || source.view_status()),
+                views_dir,
+            ));
+            let metrics = Arc::new(metrics);
+            let rpc = metrics.rpc();
+            tracing::info!(address = %listener.local_addr()?, "serving metrics");
+            tokio::spawn(pare_snapshotter::metrics::http::serve(listener, metrics));
+            Service::with_metrics(snapshots.clone(), rpc)
+        }
+        None => Service::new(snapshots.clone()),
+    };
+    let service = containerd_snapshots::server(Arc::new(service));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot handle SIGTERM")?;
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,8 +1,10 @@
 //! The containerd Snapshots gRPC service: each call runs the blocking state
-//! machine on tokio's blocking pool, inside a span with the snapshot key.
+//! machine on tokio's blocking pool, inside a span with the snapshot key,
+//! timed and counted for the metrics when they are on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::{Info, Kind as ApiKind, Snapshotter, Usage as ApiUsage};
@@ -10,6 +12,7 @@ use futures::stream::{self, BoxStream};
 use tracing::Instrument;
 
 use crate::error::Error;
+use crate::metrics::RpcMetrics;
 use crate::mounts::MountSpec;
 use crate::snapshots::{SnapshotInfo, Snapshots};
 use crate::store::Kind;
@@ -18,12 +21,24 @@ use crate::views::ViewMounter;
 /// The service containerd talks to.
 pub struct Service<M: ViewMounter> {
     snapshots: Arc<Snapshots<M>>,
+    metrics: Option<Arc<RpcMetrics>>,
 }
 
 impl<M: ViewMounter> Service<M> {
     /// Serves `snapshots`.
     pub fn new(snapshots: Arc<Snapshots<M>>) -> Self {
-        Service { snapshots }
+        Service {
+            snapshots,
+            metrics: None,
+        }
+    }
+
+    /// Serves `snapshots`, counting every call into `metrics`.
+    pub fn with_metrics(snapshots: Arc<Snapshots<M>>, metrics: Arc<RpcMetrics>) -> Self {
+        Service {
+            snapshots,
+            metrics: Some(metrics),
+        }
     }
 
     async fn run<T: Send + 'static>(
@@ -33,6 +48,7 @@ impl<M: ViewMounter> Service<M> {
         f: impl FnOnce(&Snapshots<M>) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let span = tracing::info_span!("rpc", op, key);
+        let started = Instant::now();
         let snapshots = self.snapshots.clone();
         let inner = span.clone();
         let result = tokio::task::spawn_blocking(move || inner.in_scope(|| f(&snapshots)))
@@ -43,6 +59,10 @@ impl<M: ViewMounter> Service<M> {
             Ok(_) => tracing::debug!("ok"),
             Err(e) => tracing::info!(error = %e, code = ?e.code(), "failed"),
         });
+        if let Some(metrics) = &self.metrics {
+            let code = result.as_ref().err().map(Error::code);
+            metrics.observe(op, started.elapsed(), code);
+        }
         result
     }
 }

@@ -1,20 +1,22 @@
 //! The view server itself (`pare-snapshotter serve-view`): mounts one image
 //! view, writes its state file, reports `ready` on stdout, and serves until
 //! SIGTERM or until its mount is unmounted from outside; then unmounts and
-//! flushes the profile.
+//! flushes the profile. While it serves, it rewrites its stats file every
+//! second for the snapshotter's metrics.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pare_fs::id::ChainId;
 use pare_fs::layers::LayerStack;
 use pare_fs::profile::{Recorder, RecorderError, RecorderStats};
-use pare_fs::view::{self, ReadMode, Stopped, View, ViewOptions};
+use pare_fs::view::{self, ReadMode, RequestStats, Stopped, View, ViewOptions};
 
 use super::{ProcessId, ServerState, StateFileError};
+use crate::metrics::view_stats::{self, ProfileStats, ViewStats};
 
 /// Arguments of `serve-view` (given by the snapshotter, not by people).
 #[derive(Clone, Debug, clap::Args)]
@@ -89,7 +91,7 @@ const BUSY_WAIT: Duration = Duration::from_secs(3);
 pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let result = start(&args);
     let mut stdout = std::io::stdout();
-    let (mounted, mut recorder, state) = match result {
+    let (mounted, mut recorder, state, requests) = match result {
         Ok(started) => {
             let _ = writeln!(stdout, "ready").and_then(|()| stdout.flush());
             started
@@ -109,7 +111,12 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         Arc::new(AtomicBool::new(false)),
     );
     let mut reported = RecorderStats::default();
+    let mut stats_due = Instant::now();
     while !term.load(Ordering::Relaxed) && !mounted.is_finished() {
+        if Instant::now() >= stats_due {
+            write_stats(&args, &state, &requests, recorder.as_ref());
+            stats_due = Instant::now() + view_stats::INTERVAL;
+        }
         std::thread::sleep(Duration::from_millis(50));
         if let Some(recorder) = &recorder {
             let stats = recorder.stats();
@@ -152,6 +159,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if let Some(recorder) = recorder {
         report(&args.image, recorder.finish());
     }
+    ViewStats::remove_if_mine(&state.mountpoint, state.process.pid);
     // The state file stays until the snapshotter has seen this process exit
     // (it tells a detached view from a stopped one by it).
     if let Err(e) = served {
@@ -159,6 +167,23 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     tracing::info!(image = %args.image, "view server stopped");
     Ok(())
+}
+
+/// Rewrites the stats file; a failure is logged and the view serves on.
+fn write_stats(
+    args: &ServeArgs,
+    state: &ServerState,
+    requests: &RequestStats,
+    recorder: Option<&Recorder>,
+) {
+    let stats = ViewStats {
+        pid: state.process.pid,
+        requests: requests.snapshot(),
+        profile: recorder.map(|r| ProfileStats::new(r.stats(), r.path())),
+    };
+    if let Err(e) = stats.write(&state.mountpoint) {
+        tracing::debug!(image = %args.image, error = %e, "cannot write the view's stats file");
+    }
 }
 
 fn report(image: &ChainId, finished: Result<u64, RecorderError>) {
@@ -190,9 +215,15 @@ fn open_profile(path: &std::path::Path, args: &ServeArgs) -> Result<Recorder, Se
     }
 }
 
-fn start(
-    args: &ServeArgs,
-) -> Result<(view::MountedView, Option<Recorder>, ServerState), ServeError> {
+/// A serving view: its mount, recorder, state file and request counters.
+type Started = (
+    view::MountedView,
+    Option<Recorder>,
+    ServerState,
+    Arc<RequestStats>,
+);
+
+fn start(args: &ServeArgs) -> Result<Started, ServeError> {
     let stack = LayerStack::open(args.layers.clone())?;
     let recorder = match &args.profile {
         Some(path) => Some(open_profile(path, args)?),
@@ -206,6 +237,7 @@ fn start(
         options.read_mode = ReadMode::Pread;
     }
     let view = View::new(stack, recorder.as_ref().map(Recorder::handle));
+    let requests = view.requests();
     let mounted = view::mount(view, &args.mountpoint, &options)?;
     let state = match (ProcessId::current(), mounted.connection()) {
         (Some(process), Some(connection)) => ServerState {
@@ -224,5 +256,5 @@ fn start(
         return Err(e.into());
     }
     tracing::info!(image = %args.image, mountpoint = %args.mountpoint.display(), pid = state.process.pid, "view serving");
-    Ok((mounted, recorder, state))
+    Ok((mounted, recorder, state, requests))
 }
