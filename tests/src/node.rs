@@ -33,7 +33,16 @@ impl PareNode {
     /// Starts both in `scratch`, where the test may have prepared pare's root
     /// (`scratch/pare/root`) already.
     pub fn start_in(scratch: Scratch) -> Result<PareNode> {
-        let pare = PareSnapshotter::start(&scratch.path().join("pare"))?;
+        PareNode::start_with_pare_args(scratch, &[])
+    }
+
+    /// Like [`PareNode::start_in`], with more pare-snapshotter arguments.
+    pub fn start_with_pare_args(scratch: Scratch, args: &[&str]) -> Result<PareNode> {
+        let pare = PareSnapshotter::start_with_args(
+            &scratch.path().join("pare"),
+            &crate::snapshotter::snapshotter_bin(),
+            args,
+        )?;
         let containerd = Containerd::start(
             &scratch.path().join("containerd"),
             &pare.containerd_config(),

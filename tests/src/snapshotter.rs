@@ -19,6 +19,7 @@ pub struct PareSnapshotter {
     socket: PathBuf,
     log: PathBuf,
     envs: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 /// Path of the `pare-snapshotter` binary next to the `pare` binary.
@@ -34,6 +35,12 @@ impl PareSnapshotter {
 
     /// Like [`PareSnapshotter::start`], with the daemon binary `bin`.
     pub fn start_with(dir: &Path, bin: &Path) -> Result<PareSnapshotter> {
+        PareSnapshotter::start_with_args(dir, bin, &[])
+    }
+
+    /// Like [`PareSnapshotter::start_with`], with more daemon arguments
+    /// (`--metrics-address ADDR`).
+    pub fn start_with_args(dir: &Path, bin: &Path, args: &[&str]) -> Result<PareSnapshotter> {
         std::fs::create_dir_all(dir)?;
         let mut s = PareSnapshotter {
             bin: bin.to_path_buf(),
@@ -42,6 +49,7 @@ impl PareSnapshotter {
             socket: dir.join("pare.sock"),
             log: dir.join("pare-snapshotter.log"),
             envs: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn()?;
         Ok(s)
@@ -58,6 +66,7 @@ impl PareSnapshotter {
             .arg("--address")
             .arg(&self.socket)
             .args(["--log-level", "info,pare_snapshotter=debug"])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -50,7 +50,9 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             match tokio::time::timeout(CONNECTION_LIMIT, connection).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection failed"),
-                Err(_) => tracing::debug!(limit = ?CONNECTION_LIMIT, "metrics connection timed out"),
+                Err(_) => {
+                    tracing::debug!(limit = ?CONNECTION_LIMIT, "metrics connection timed out")
+                }
             }
             drop(slot);
         });
@@ -59,7 +61,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
 
 async fn answer(req: Request<Body>, metrics: Arc<Metrics>) -> Result<Response<Body>, Infallible> {
     if req.uri().path() != "/metrics" {
-        return Ok(status(StatusCode::NOT_FOUND, "only /metrics is served here\n"));
+        return Ok(status(
+            StatusCode::NOT_FOUND,
+            "only /metrics is served here\n",
+        ));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(status(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n"));

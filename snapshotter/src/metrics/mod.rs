@@ -6,8 +6,8 @@
 
 mod counting;
 pub mod http;
-mod views;
 pub mod view_stats;
+mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,7 +159,8 @@ impl Metrics {
         let mut out = String::new();
         // Writing to a String cannot fail; an encoder error would be a bug
         // in a collector, and leaves a partial page.
-        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
         {
             tracing::warn!(error = %e, "cannot render the metrics");
         }

@@ -21,7 +21,11 @@ fn rpc_calls_are_timed_by_method_and_failures_counted_by_code() {
     let rpc = metrics.rpc();
     rpc.observe("prepare", Duration::from_millis(2), None);
     rpc.observe("prepare", Duration::from_millis(3), None);
-    rpc.observe("stat", Duration::from_millis(1), Some(tonic::Code::NotFound));
+    rpc.observe(
+        "stat",
+        Duration::from_millis(1),
+        Some(tonic::Code::NotFound),
+    );
     let text = metrics.render();
     let mut counts = sample_lines(&text, "pare_rpc_duration_seconds_count");
     counts.sort();
@@ -73,6 +77,9 @@ fn views_are_read_from_the_view_table_and_their_stats_files_at_scrape_time() {
             "pare_fuse_request_duration_seconds_bucket{{chain=\"{c}\",op=\"open\",le=\"+Inf\"}} 0"
         ),
     ] {
-        assert!(text.lines().any(|l| l == want), "{want} missing from\n{text}");
+        assert!(
+            text.lines().any(|l| l == want),
+            "{want} missing from\n{text}"
+        );
     }
 }

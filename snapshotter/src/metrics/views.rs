@@ -46,7 +46,12 @@ struct Seen {
 }
 
 /// A per-chain profile value: name, help, type, and how to read it.
-type ProfileMetric = (&'static str, &'static str, MetricType, fn(&ProfileStats) -> u64);
+type ProfileMetric = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&ProfileStats) -> u64,
+);
 
 const PROFILE_METRICS: [ProfileMetric; 6] = [
     (
@@ -135,12 +140,9 @@ impl Collector for ViewsCollector {
                 let buckets: Vec<(f64, u64)> =
                     bounds.clone().zip(op.buckets.iter().copied()).collect();
                 let labels = [("chain", view.chain.as_str()), ("op", op.op.as_str())];
-                family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                    op.sum_seconds,
-                    op.count,
-                    &buckets,
-                    None,
-                )?;
+                family
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(op.sum_seconds, op.count, &buckets, None)?;
             }
         }
 
