@@ -147,7 +147,7 @@ impl Collector for ViewsCollector {
         }
 
         for (name, help, kind, value) in PROFILE_METRICS {
-            let mut family = encoder.encode_descriptor(name, help, None, kind.clone())?;
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
             for view in &seen {
                 let Some(profile) = view.stats.as_ref().and_then(|s| s.profile.as_ref()) else {
                     continue;
