@@ -1,7 +1,9 @@
 //! The daemon's configuration: a TOML file, overridden by command-line flags.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use pare_fs::policy::Mode;
 use serde::Deserialize;
 
 /// Everything the daemon can be told. Every field has a default.
@@ -36,13 +38,19 @@ pub enum LogFormat {
     Json,
 }
 
-/// Which containers are profiled, and how often journals are flushed.
+/// The mode of images that have none of their own (set by `pare mode`),
+/// and how often journals are flushed.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProfileConfig {
-    /// Record profiles at all.
+    /// The mode of images without a mode of their own, outside the
+    /// namespaces of `namespace_modes`.
+    pub default_mode: Mode,
+    /// The mode per containerd namespace (`{ "k8s.io" = "learn" }`).
+    pub namespace_modes: BTreeMap<String, Mode>,
+    /// Older spelling: `false` means `default_mode = "off"` everywhere.
     pub enabled: bool,
-    /// containerd namespaces whose containers are not profiled.
+    /// Older spelling: these namespaces are `off`.
     pub disabled_namespaces: Vec<String>,
     /// How long an access may wait in memory before it is written, in ms.
     pub flush_interval_ms: u64,
@@ -82,6 +90,8 @@ impl Default for Config {
 impl Default for ProfileConfig {
     fn default() -> Self {
         ProfileConfig {
+            default_mode: Mode::Learn,
+            namespace_modes: BTreeMap::new(),
             enabled: true,
             disabled_namespaces: Vec::new(),
             flush_interval_ms: 10,
@@ -175,14 +185,23 @@ impl Config {
             })
     }
 
-    /// Whether containers of `namespace` are profiled.
+    /// The mode of an image of `namespace` that has no mode of its own:
+    /// `off` when the older `enabled = false` or `disabled_namespaces` say
+    /// so, else the namespace's mode, else `default_mode`.
+    pub fn mode_of(&self, namespace: &str) -> Mode {
+        let p = &self.profile;
+        if !p.enabled || p.disabled_namespaces.iter().any(|n| n == namespace) {
+            return Mode::Off;
+        }
+        p.namespace_modes
+            .get(namespace)
+            .copied()
+            .unwrap_or(p.default_mode)
+    }
+
+    /// Whether containers of `namespace` get a view by default (a mode other than `off`).
     pub fn profiles(&self, namespace: &str) -> bool {
-        self.profile.enabled
-            && !self
-                .profile
-                .disabled_namespaces
-                .iter()
-                .any(|n| n == namespace)
+        self.mode_of(namespace) != Mode::Off
     }
 }
 
@@ -233,6 +252,58 @@ mod tests {
         );
         let off: Config = toml::from_str("[profile]\nenabled = false").unwrap();
         assert!(!off.profiles("default"));
+    }
+
+    #[test]
+    fn modes_per_namespace_and_the_older_switches_map_to_modes() {
+        let cases = [
+            ("", "default", Mode::Learn),
+            ("default_mode = \"audit\"", "default", Mode::Audit),
+            (
+                "namespace_modes = { \"k8s.io\" = \"enforce\" }",
+                "k8s.io",
+                Mode::Enforce,
+            ),
+            (
+                "namespace_modes = { \"k8s.io\" = \"enforce\" }",
+                "default",
+                Mode::Learn,
+            ),
+            (
+                "default_mode = \"off\"\nnamespace_modes = { \"k8s.io\" = \"learn\" }",
+                "k8s.io",
+                Mode::Learn,
+            ),
+            ("enabled = false", "default", Mode::Off),
+            (
+                "enabled = false\nnamespace_modes = { \"k8s.io\" = \"learn\" }",
+                "k8s.io",
+                Mode::Off,
+            ),
+            ("disabled_namespaces = [\"k8s.io\"]", "k8s.io", Mode::Off),
+            ("disabled_namespaces = [\"k8s.io\"]", "default", Mode::Learn),
+            (
+                "disabled_namespaces = [\"k8s.io\"]\nnamespace_modes = { \"k8s.io\" = \"audit\" }",
+                "k8s.io",
+                Mode::Off,
+            ),
+        ];
+        for (profile, namespace, want) in cases {
+            let config: Config = toml::from_str(&format!("[profile]\n{profile}"))
+                .unwrap_or_else(|e| panic!("{profile}: {e}"));
+            assert_eq!(config.mode_of(namespace), want, "{profile} in {namespace}");
+            assert_eq!(config.profiles(namespace), want != Mode::Off);
+        }
+        for bad in [
+            "default_mode = \"Enforce\"",
+            "namespace_modes = { \"x\" = \"watch\" }",
+            "default_modes = \"learn\"",
+        ] {
+            assert!(
+                toml::from_str::<Config>(&format!("[profile]\n{bad}")).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

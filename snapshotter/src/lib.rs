@@ -4,7 +4,7 @@
 //!
 //! - [`store`]: the transactional metadata store (redb);
 //! - [`snapshots`]: containerd's snapshot semantics over store, dirs and views;
-//! - [`views`]: one view per image chain, shared by its containers;
+//! - [`views`]: one view per image chain, mode and allowed set, shared by its containers;
 //! - [`viewproc`]: the processes that serve views and outlive the daemon;
 //! - [`notify`]: readiness for systemd (`Type=notify`);
 //! - [`service`]: the gRPC service containerd calls;

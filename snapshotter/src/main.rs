@@ -149,7 +149,7 @@ async fn serve(config: Config, metrics_address: Option<SocketAddr>) -> Result<()
         Snapshots::open(
             &open_root,
             views,
-            Box::new(move |ns: &str| rule_config.profiles(ns)),
+            Box::new(move |ns: &str| rule_config.mode_of(ns)),
         )
     })
     .await?

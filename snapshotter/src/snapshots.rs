@@ -21,29 +21,30 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use pare_fs::id::ChainId;
+use pare_fs::id::{ChainId, profile_path};
+use pare_fs::policy::{AllowedSet, Mode, allowed_path, modes};
 
 use crate::error::{Error, Result};
 use crate::filter::{Fields, Filter};
 use crate::mounts::{self, MountSpec};
 use crate::store::{Kind, Record, Role, SnapshotId, Store, Usage};
 use crate::usage;
-use crate::views::{Request, ViewMounter, Views};
+use crate::views::{Request, ViewKey, ViewMounter, Views};
 
 use dirs::{private_dir, remove_tree, restrict, tempdir_in};
 pub use info::SnapshotInfo;
 use info::{info, kind_name, now_ns};
 pub use keys::{LABEL_SNAPSHOT_REF, is_container_rootfs, split_key};
 
-/// Which containers get profiled.
-pub type ProfileRule = Box<dyn Fn(&str) -> bool + Send + Sync>;
+/// The mode of an image without a mode of its own, by containerd namespace.
+pub type ModeRule = Box<dyn Fn(&str) -> Mode + Send + Sync>;
 
 /// All snapshots of one root directory.
 pub struct Snapshots<M: ViewMounter> {
     root: PathBuf,
     store: Store,
     views: Views<M>,
-    profiled: ProfileRule,
+    modes: ModeRule,
     /// Held while a snapshot directory exists without a committed record (a
     /// Prepare in flight) and while unreferenced directories are collected,
     /// so that collection never takes a directory about to be named.
@@ -52,8 +53,9 @@ pub struct Snapshots<M: ViewMounter> {
 
 impl<M: ViewMounter> Snapshots<M> {
     /// Opens the snapshots under `root`, cleaning what a crash left behind and
-    /// remounting the views of containers that still exist.
-    pub fn open(root: &Path, views: Views<M>, profiled: ProfileRule) -> Result<Snapshots<M>> {
+    /// remounting the views of containers that still exist. Images without
+    /// a mode of their own (`modes/`) run in the mode `modes` gives their namespace.
+    pub fn open(root: &Path, views: Views<M>, modes: ModeRule) -> Result<Snapshots<M>> {
         private_dir(root)?;
         for dir in ["snapshots", "views", "profiles"] {
             private_dir(&root.join(dir))?;
@@ -65,7 +67,7 @@ impl<M: ViewMounter> Snapshots<M> {
             root: root.to_path_buf(),
             store,
             views,
-            profiled,
+            modes,
             dirs: Mutex::new(()),
         };
         snapshots.recover()?;
@@ -87,6 +89,36 @@ impl<M: ViewMounter> Snapshots<M> {
         Ok(out)
     }
 
+    /// The view a new container of `chain` in `namespace` gets: the image's
+    /// own mode, else the namespace's; none for `off`. Audit and enforce
+    /// without a readable allowed set fall back to learn, with a warning.
+    /// Reads small files; called without any lock held.
+    fn view_for(&self, namespace: &str, chain: &ChainId) -> Option<ViewKey> {
+        let mode = match modes::read(&self.root, chain) {
+            Ok(Some(entry)) => entry.mode,
+            Ok(None) => (self.modes)(namespace),
+            Err(e) => {
+                let mode = (self.modes)(namespace);
+                tracing::warn!(%chain, error = %e, %mode, "cannot read the image's mode; using the namespace's");
+                mode
+            }
+        };
+        match mode {
+            Mode::Off => None,
+            Mode::Learn => Some(ViewKey::learn(chain.clone())),
+            Mode::Audit | Mode::Enforce => {
+                let allowed = allowed_path(&profile_path(&self.root, chain));
+                match AllowedSet::read_identified(&allowed) {
+                    Ok((_, digest)) => Some(ViewKey::judged(chain.clone(), mode, digest)),
+                    Err(e) => {
+                        tracing::warn!(%chain, %mode, error = %e, "no usable allowed set: the container runs in learn mode (freeze one with `pare mode`)");
+                        Some(ViewKey::learn(chain.clone()))
+                    }
+                }
+            }
+        }
+    }
+
     /// Creates an active snapshot (`readonly` false) or a view on `parent`.
     pub fn create(
         &self,
@@ -98,19 +130,17 @@ impl<M: ViewMounter> Snapshots<M> {
         if key.is_empty() {
             return Err(Error::InvalidArgument("snapshot key is empty".into()));
         }
-        // Containers of namespaces that are not profiled get a plain kernel
-        // overlay of the layers: no view, no FUSE cost.
-        let container = !readonly
-            && is_container_rootfs(key, parent, &labels)
-            && (self.profiled)(split_key(key).0);
-        let role = if container {
-            Role::Container {
-                parent: parent.to_string(),
-                chain: ChainId::from_snapshot_name(split_key(parent).1),
-                profiled: true,
-            }
-        } else {
-            Role::Layer
+        // Containers of images in mode off get a plain kernel overlay of
+        // the layers: no view, no FUSE cost.
+        let view = (!readonly && is_container_rootfs(key, parent, &labels))
+            .then(|| {
+                let chain = ChainId::from_snapshot_name(split_key(parent).1);
+                self.view_for(split_key(key).0, &chain)
+            })
+            .flatten();
+        let role = match &view {
+            Some(view) => Role::container(parent, view),
+            None => Role::Layer,
         };
         let dirs = self.dirs_lock();
         let tmp = tempdir_in(&self.root.join("snapshots"))?;
@@ -159,16 +189,12 @@ impl<M: ViewMounter> Snapshots<M> {
             }
         };
         drop(dirs);
-        if let Role::Container {
-            chain, profiled, ..
-        } = &record.role
-        {
+        if let Some(view) = record.role.view_key() {
             let started = self.chain_layers(parent).and_then(|layers| {
                 self.views.acquire(&Request {
                     user: key,
-                    chain,
+                    key: &view,
                     layers: &layers,
-                    profiled: *profiled,
                 })
             });
             if let Err(e) = started {
@@ -201,9 +227,9 @@ impl<M: ViewMounter> Snapshots<M> {
                     "committed snapshots have no mounts",
                 ));
             }
-            (Kind::Active, Role::Container { chain, .. }) => {
-                let view = self.views.mountpoint(chain);
-                mounts::overlay(&fs, &work, &[view])
+            (Kind::Active, role @ Role::Container { .. }) => {
+                let view = role.view_key().expect("a container sits on a view");
+                mounts::overlay(&fs, &work, &[self.views.mountpoint(&view)])
             }
             (Kind::Active, Role::Layer) if record.parent.is_empty() => mounts::bind(&fs, false),
             (Kind::Active, Role::Layer) => {
@@ -268,8 +294,8 @@ impl<M: ViewMounter> Snapshots<M> {
             t.put(name, &committed)?;
             Ok(current)
         })?;
-        if let Role::Container { chain, .. } = &committed.role {
-            match self.views.release(key, chain) {
+        if let Some(view) = committed.role.view_key() {
+            match self.views.release(key, &view) {
                 Ok(true) => {
                     self.remove_orphans()?;
                 }
@@ -294,8 +320,8 @@ impl<M: ViewMounter> Snapshots<M> {
             .get(key)?
             .ok_or_else(|| Error::NotFound(key.to_string()))?;
         let mut view_stopped = false;
-        if let Role::Container { chain, .. } = &found.role {
-            view_stopped = self.views.release(key, chain)?;
+        if let Some(view) = found.role.view_key() {
+            view_stopped = self.views.release(key, &view)?;
         }
         let record = self.store.write(|t| {
             let record = t.must_get(key)?;
@@ -421,9 +447,14 @@ impl<M: ViewMounter> Snapshots<M> {
         }
     }
 
-    /// Views and their container snapshots.
+    /// Views (by chain, one entry per view) and their container snapshots.
     pub fn view_status(&self) -> Vec<(ChainId, Vec<String>)> {
         self.views.status()
+    }
+
+    /// Views (chain, mode, allowed set) and their container snapshots.
+    pub fn view_keys(&self) -> Vec<(ViewKey, Vec<String>)> {
+        self.views.keys()
     }
 }
 

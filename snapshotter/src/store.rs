@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard};
 
-use pare_fs::id::ChainId;
+use pare_fs::id::{ChainId, Digest};
+use pare_fs::policy::Mode;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -50,9 +51,51 @@ pub enum Role {
         parent: String,
         /// Chain ID of the image (the profile's key).
         chain: ChainId,
-        /// Whether accesses are recorded.
+        /// Whether accesses are recorded (learn views).
         profiled: bool,
+        /// The mode of the container's view (learn in records written
+        /// before modes).
+        #[serde(default, skip_serializing_if = "is_learn")]
+        mode: Mode,
+        /// In audit and enforce: the digest of the allowed-set file the
+        /// view judges by.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allowed: Option<Digest>,
     },
+}
+
+fn is_learn(mode: &Mode) -> bool {
+    *mode == Mode::Learn
+}
+
+impl Role {
+    /// The view a container's rootfs sits on; none for layers.
+    pub fn view_key(&self) -> Option<crate::views::ViewKey> {
+        match self {
+            Role::Layer => None,
+            Role::Container {
+                chain,
+                mode,
+                allowed,
+                ..
+            } => Some(crate::views::ViewKey {
+                chain: chain.clone(),
+                mode: *mode,
+                allowed: allowed.clone(),
+            }),
+        }
+    }
+
+    /// The role of a container whose rootfs sits on the view `key`.
+    pub fn container(parent: &str, key: &crate::views::ViewKey) -> Role {
+        Role::Container {
+            parent: parent.to_string(),
+            chain: key.chain.clone(),
+            profiled: key.records_profile(),
+            mode: key.mode,
+            allowed: key.allowed.clone(),
+        }
+    }
 }
 
 /// Disk usage of a snapshot's own directory.
@@ -304,8 +347,31 @@ mod tests {
                 parent: "default/3/sha256:c2".into(),
                 chain: ChainId::from_snapshot_name("sha256:c2"),
                 profiled: true,
+                mode: Mode::Learn,
+                allowed: None,
             }
         );
         assert_eq!(serde_json::to_string(&record).unwrap(), stored);
+        assert_eq!(
+            record.role.view_key(),
+            Some(crate::views::ViewKey::learn(ChainId::from_snapshot_name(
+                "sha256:c2"
+            )))
+        );
+    }
+
+    #[test]
+    fn a_container_in_enforce_mode_keeps_its_view_key() {
+        let key = crate::views::ViewKey::judged(
+            ChainId::from_snapshot_name("sha256:c2"),
+            Mode::Enforce,
+            Digest::sha256(b"set"),
+        );
+        let role = Role::container("default/3/sha256:c2", &key);
+        let json = serde_json::to_string(&role).unwrap();
+        assert!(json.contains("\"mode\":\"enforce\""), "{json}");
+        assert!(json.contains("\"profiled\":false"), "{json}");
+        let back: Role = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.view_key(), Some(key));
     }
 }

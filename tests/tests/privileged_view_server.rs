@@ -39,10 +39,14 @@ fn spec(dir: &Path) -> Result<ViewSpec> {
     let mountpoint = dir.join("view");
     std::fs::create_dir_all(&mountpoint)?;
     Ok(ViewSpec {
-        chain: pare_fs::id::ChainId::from_snapshot_name("sha256:test"),
+        key: pare_snapshotter::views::ViewKey::learn(pare_fs::id::ChainId::from_snapshot_name(
+            "sha256:test",
+        )),
         layers: vec![layer],
         mountpoint: std::fs::canonicalize(&mountpoint)?,
         profile: Some(dir.join("profile")),
+        allowed: None,
+        misses: None,
     })
 }
 

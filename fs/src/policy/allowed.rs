@@ -184,18 +184,29 @@ impl AllowedSet {
     /// [`PolicyError::Damaged`] when the file is not one (damaged, another
     /// kind of file, an unknown version).
     pub fn read(path: &Path) -> Result<AllowedSet, PolicyError> {
+        AllowedSet::read_identified(path).map(|(set, _)| set)
+    }
+
+    /// Like [`AllowedSet::read`], with the digest of the bytes read: the
+    /// identity of this frozen set (a set frozen again is another file).
+    pub fn read_identified(path: &Path) -> Result<(AllowedSet, Digest), PolicyError> {
         let bytes = std::fs::read(path).map_err(|source| PolicyError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+        let set = AllowedSet::parse(path, &bytes)?;
+        Ok((set, Digest::sha256(&bytes)))
+    }
+
+    fn parse(path: &Path, bytes: &[u8]) -> Result<AllowedSet, PolicyError> {
         let damaged = |reason: String| PolicyError::Damaged {
             path: path.to_path_buf(),
             what: WHAT,
             reason,
         };
-        let file: File = serde_json::from_slice(&bytes).map_err(|e| {
+        let file: File = serde_json::from_slice(bytes).map_err(|e| {
             // A file of another kind fails on its fields before its format is seen.
-            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            match serde_json::from_slice::<serde_json::Value>(bytes) {
                 Ok(v) if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) => {
                     damaged(format!("it is not a {FORMAT} file"))
                 }
@@ -302,6 +313,9 @@ mod tests {
         original.write(&file).unwrap();
         let back = AllowedSet::read(&file).unwrap();
         assert_eq!(back, original);
+        let (again, digest) = AllowedSet::read_identified(&file).unwrap();
+        assert_eq!(again, original);
+        assert_eq!(digest, Digest::sha256(&std::fs::read(&file).unwrap()));
         assert!(back.contains(&path(b"/data/caf\xe9")));
         assert!(!back.contains(&path(b"/data/caf\xc3\xa9")));
         assert_eq!(back.profile(), &Digest::sha256(b"profile"));

@@ -12,11 +12,14 @@
 //! Beside a profile at `P` live its frozen allowed set ([`allowed_path`],
 //! `P.allowed`) and its misses ([`misses_path`], `P.misses`). A view in audit
 //! or enforce mode gets a [`Policy`]; a [`MissesWriter`] rewrites the misses
-//! file in the background.
+//! file in the background. A snapshotter view in audit or enforce mode keeps
+//! its own misses ([`view_misses_path`]); [`misses_files`] finds them all.
+//! [`modes`] stores the mode each image runs in on a node.
 
 mod allowed;
 mod caller;
 mod misses;
+pub mod modes;
 mod wire;
 mod writer;
 
@@ -30,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use allowed::{AllowedSet, Rules};
 pub use caller::{container_of_cgroup, resolve};
 pub use misses::{MAX_PROCESSES, Miss, MissProcess, Misses, MissesFile, read_misses};
+pub use modes::ModeEntry;
 pub use writer::{DEFAULT_FLUSH, MissesWriter};
 
 /// How an image's containers see its files.
@@ -125,6 +129,52 @@ pub fn misses_path(profile: &Path) -> PathBuf {
     beside(profile, ".misses")
 }
 
+/// How a view names its allowed set: the first 12 hex digits of the
+/// digest of the allowed-set file it was started with.
+pub fn set_id(allowed_file: &crate::id::Digest) -> &str {
+    &allowed_file.hex()[..12]
+}
+
+/// Where a snapshotter view of the profile at `profile` in `mode`, judging by
+/// the allowed-set file with digest `allowed_file`, keeps its misses:
+/// `<profile>.<mode>-<set id>.misses`.
+pub fn view_misses_path(profile: &Path, mode: Mode, allowed_file: &crate::id::Digest) -> PathBuf {
+    beside(profile, &format!(".{mode}-{}.misses", set_id(allowed_file)))
+}
+
+/// Every misses file of the profile at `profile`: `<profile>.misses` and
+/// each view's `<profile>.<mode>-<set id>.misses`, sorted by name. Files set
+/// aside (`.accepted-…`) and temporaries are not misses files.
+pub fn misses_files(profile: &Path) -> Result<Vec<PathBuf>, PolicyError> {
+    let (Some(dir), Some(name)) = (profile.parent(), profile.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let read_dir = match std::fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(PolicyError::Io {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut out: Vec<PathBuf> = read_dir
+        .flatten()
+        .filter(|e| {
+            let file = e.file_name();
+            let file = file.to_string_lossy();
+            file.strip_prefix(&prefix).is_some_and(|rest| {
+                rest.ends_with("misses") && (rest == "misses" || rest.ends_with(".misses"))
+            })
+        })
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 fn beside(profile: &Path, suffix: &str) -> PathBuf {
     let mut name = profile.as_os_str().to_os_string();
     name.push(suffix);
@@ -214,6 +264,32 @@ mod tests {
             misses_path(profile),
             Path::new("/var/lib/pare/profiles/sha256-ab.misses")
         );
+    }
+
+    #[test]
+    fn every_misses_file_of_a_profile_is_found_and_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("sha256:ab");
+        assert!(misses_files(&profile).unwrap().is_empty());
+        let set = crate::id::Digest::sha256(b"set");
+        let view = view_misses_path(&profile, Mode::Enforce, &set);
+        assert_eq!(
+            view.file_name().unwrap().to_string_lossy(),
+            format!("sha256:ab.enforce-{}.misses", &set.hex()[..12])
+        );
+        for name in [
+            "sha256:ab",
+            "sha256:ab.allowed",
+            "sha256:ab.misses.accepted-17",
+            "sha256:ab.misses.tmp-3",
+            "sha256:abc.misses",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        std::fs::write(misses_path(&profile), b"").unwrap();
+        std::fs::write(&view, b"").unwrap();
+        let found = misses_files(&profile).unwrap();
+        assert_eq!(found, vec![view, misses_path(&profile)]);
     }
 
     #[test]

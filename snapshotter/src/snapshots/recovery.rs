@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::Snapshots;
 use super::dirs::remove_tree;
 use crate::error::{Error, Result};
-use crate::store::{Kind, Role};
+use crate::store::Kind;
 use crate::views::{Request, ViewMounter};
 
 impl<M: ViewMounter> Snapshots<M> {
@@ -28,19 +28,12 @@ impl<M: ViewMounter> Snapshots<M> {
         // serving them (their containers never noticed the restart), start
         // the others anew.
         for (key, record) in self.store.all()? {
-            if let (
-                Kind::Active,
-                Role::Container {
-                    chain, profiled, ..
-                },
-            ) = (record.kind, &record.role)
-            {
+            if let (Kind::Active, Some(view)) = (record.kind, record.role.view_key()) {
                 let layers = self.chain_layers(&record.parent)?;
                 let req = Request {
                     user: &key,
-                    chain,
+                    key: &view,
                     layers: &layers,
-                    profiled: *profiled,
                 };
                 if let Err(e) = self.views.restore(&req) {
                     tracing::error!(key, error = %e, "cannot restore the view of a container snapshot");
@@ -69,9 +62,9 @@ fn stop_unknown_views(views_dir: &Path, known: &HashSet<PathBuf>) {
             }
             match crate::viewproc::ServerState::read(&mountpoint) {
                 Some(state) if state.process.is_alive() => {
-                    tracing::info!(chain = %state.chain, "stopping a view no container uses");
+                    tracing::info!(view = %state.key(), "stopping a view no container uses");
                     if let Err(e) = crate::viewproc::stop_server(&state, Duration::from_secs(5)) {
-                        tracing::warn!(chain = %state.chain, error = %e, "cannot stop a view no container uses");
+                        tracing::warn!(view = %state.key(), error = %e, "cannot stop a view no container uses");
                     }
                 }
                 _ => {

@@ -69,7 +69,9 @@ impl ProcessMounter {
             .arg("--mountpoint")
             .arg(&spec.mountpoint)
             .arg("--image")
-            .arg(spec.chain.as_str())
+            .arg(spec.key.chain.as_str())
+            .arg("--mode")
+            .arg(spec.key.mode.name())
             .arg("--threads")
             .arg(c.threads.to_string())
             .arg("--flush-ms")
@@ -84,6 +86,16 @@ impl ProcessMounter {
         }
         if let Some(profile) = &spec.profile {
             cmd.arg("--profile").arg(profile);
+        }
+        if let (Some(allowed), Some(digest), Some(misses)) =
+            (&spec.allowed, &spec.key.allowed, &spec.misses)
+        {
+            cmd.arg("--allowed")
+                .arg(allowed)
+                .arg("--allowed-digest")
+                .arg(digest.as_str())
+                .arg("--misses")
+                .arg(misses);
         }
         for layer in &spec.layers {
             cmd.arg("--layer").arg(layer);
@@ -155,7 +167,7 @@ impl ViewMounter for ProcessMounter {
         let Some(state) = ServerState::load(&spec.mountpoint)? else {
             return Ok(None);
         };
-        Ok((state.chain == spec.chain && state.is_serving()).then_some(state))
+        Ok((state.key() == spec.key && state.is_serving()).then_some(state))
     }
 
     fn is_serving(&self, handle: &ServerState) -> bool {

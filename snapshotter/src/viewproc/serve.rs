@@ -1,8 +1,9 @@
 //! The view server itself (`pare-snapshotter serve-view`): mounts one image
 //! view, writes its state file, reports `ready` on stdout, and serves until
 //! SIGTERM or until its mount is unmounted from outside; then unmounts and
-//! flushes the profile. While it serves, it rewrites its stats file every
-//! second for the snapshotter's metrics.
+//! flushes the profile (learn) or the misses (audit, enforce). While it
+//! serves, it rewrites its stats file every second for the snapshotter's
+//! metrics.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pare_fs::id::ChainId;
+use pare_fs::id::{ChainId, Digest};
 use pare_fs::layers::LayerStack;
+use pare_fs::policy::{self, AllowedSet, Misses, MissesWriter, Mode, Policy, PolicyError};
 use pare_fs::profile::{Recorder, RecorderError, RecorderStats};
 use pare_fs::view::{self, ReadMode, RequestStats, Stopped, View, ViewOptions};
 
@@ -33,6 +35,18 @@ pub struct ServeArgs {
     /// Profile journal; none: accesses are not recorded.
     #[arg(long)]
     pub profile: Option<PathBuf>,
+    /// learn, audit or enforce.
+    #[arg(long, default_value_t = Mode::Learn)]
+    pub mode: Mode,
+    /// The allowed-set file audit and enforce judge by.
+    #[arg(long, requires_all = ["allowed_digest", "misses"])]
+    pub allowed: Option<PathBuf>,
+    /// The digest the allowed-set file must have (the view's identity).
+    #[arg(long, value_parser = digest_arg)]
+    pub allowed_digest: Option<Digest>,
+    /// Where misses go (audit, enforce).
+    #[arg(long)]
+    pub misses: Option<PathBuf>,
     /// Serving threads.
     #[arg(long, default_value_t = pare_fs::view::default_threads())]
     pub threads: usize,
@@ -69,6 +83,27 @@ pub enum ServeError {
     /// The state file could not be written.
     #[error(transparent)]
     State(#[from] StateFileError),
+    /// The allowed set or the misses could not be read, or the mode needs them.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The allowed-set file is not the one the view was asked for (frozen
+    /// again meanwhile).
+    #[error("{} changed: its digest is {found}, not {wanted}", path.display())]
+    AllowedChanged {
+        /// The allowed-set file.
+        path: PathBuf,
+        /// The digest asked for.
+        wanted: Digest,
+        /// The digest found.
+        found: Digest,
+    },
+    /// Audit or enforce without `--allowed`.
+    #[error("--mode {0} needs --allowed, --allowed-digest and --misses")]
+    NoAllowedSet(Mode),
+}
+
+fn digest_arg(s: &str) -> Result<Digest, String> {
+    Digest::parse(s).map_err(|e| e.to_string())
 }
 
 /// `--image`: any committed snapshot name.
@@ -91,7 +126,7 @@ const BUSY_WAIT: Duration = Duration::from_secs(3);
 pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let result = start(&args);
     let mut stdout = std::io::stdout();
-    let (mounted, mut recorder, state, requests) = match result {
+    let (mounted, mut recorder, state, requests, misses_writer) = match result {
         Ok(started) => {
             let _ = writeln!(stdout, "ready").and_then(|()| stdout.flush());
             started
@@ -160,6 +195,12 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         report(&args.image, recorder.finish());
     }
     ViewStats::remove_if_mine(&state.mountpoint, state.process.pid);
+    if let Some(writer) = misses_writer {
+        match writer.stop() {
+            Ok(()) => tracing::info!(image = %args.image, mode = %args.mode, "misses flushed"),
+            Err(e) => tracing::error!(image = %args.image, error = %e, "misses flush failed"),
+        }
+    }
     // The state file stays until the snapshotter has seen this process exit
     // (it tells a detached view from a stopped one by it).
     if let Err(e) = served {
@@ -215,16 +256,51 @@ fn open_profile(path: &std::path::Path, args: &ServeArgs) -> Result<Recorder, Se
     }
 }
 
-/// A serving view: its mount, recorder, state file and request counters.
+/// The policy of an audit or enforce view and the writer of its misses;
+/// none in learn mode.
+fn policy_of(args: &ServeArgs) -> Result<Option<(Policy, MissesWriter)>, ServeError> {
+    if !args.mode.has_policy() {
+        return Ok(None);
+    }
+    let (Some(path), Some(wanted), Some(misses_file)) =
+        (&args.allowed, &args.allowed_digest, &args.misses)
+    else {
+        return Err(ServeError::NoAllowedSet(args.mode));
+    };
+    let (allowed, found) = AllowedSet::read_identified(path)?;
+    if &found != wanted {
+        return Err(ServeError::AllowedChanged {
+            path: path.clone(),
+            wanted: wanted.clone(),
+            found,
+        });
+    }
+    let misses = Arc::new(Misses::continue_from(
+        misses_file,
+        Some(args.image.to_string()),
+        args.mode,
+    )?);
+    let writer = MissesWriter::start(misses.clone(), misses_file, policy::DEFAULT_FLUSH)?;
+    tracing::info!(image = %args.image, mode = %args.mode, paths = allowed.len(), misses = %misses_file.display(), "judging accesses against the allowed set");
+    Ok(Some((
+        Policy::new(args.mode, Arc::new(allowed), misses)?,
+        writer,
+    )))
+}
+
+/// A serving view: its mount, recorder, state file, request counters and
+/// misses writer.
 type Started = (
     view::MountedView,
     Option<Recorder>,
     ServerState,
     Arc<RequestStats>,
+    Option<MissesWriter>,
 );
 
 fn start(args: &ServeArgs) -> Result<Started, ServeError> {
     let stack = LayerStack::open(args.layers.clone())?;
+    let judged = policy_of(args)?;
     let recorder = match &args.profile {
         Some(path) => Some(open_profile(path, args)?),
         None => None,
@@ -236,6 +312,8 @@ fn start(args: &ServeArgs) -> Result<Started, ServeError> {
     if args.no_passthrough {
         options.read_mode = ReadMode::Pread;
     }
+    let (policy, misses_writer) = judged.unzip();
+    options.policy = policy;
     let view = View::new(stack, recorder.as_ref().map(Recorder::handle));
     let requests = view.requests();
     let mounted = view::mount(view, &args.mountpoint, &options)?;
@@ -245,6 +323,11 @@ fn start(args: &ServeArgs) -> Result<Started, ServeError> {
             connection,
             chain: args.image.clone(),
             mountpoint: mounted.mountpoint().to_path_buf(),
+            mode: args.mode,
+            allowed: args
+                .allowed_digest
+                .clone()
+                .filter(|_| args.mode.has_policy()),
         },
         _ => {
             let _ = mounted.unmount();
@@ -256,5 +339,5 @@ fn start(args: &ServeArgs) -> Result<Started, ServeError> {
         return Err(e.into());
     }
     tracing::info!(image = %args.image, mountpoint = %args.mountpoint.display(), pid = state.process.pid, "view serving");
-    Ok((mounted, recorder, state, requests))
+    Ok((mounted, recorder, state, requests, misses_writer))
 }

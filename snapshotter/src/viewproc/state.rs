@@ -1,10 +1,12 @@
 //! A view server's state file (`<mountpoint>.server`): which process serves
-//! the mount, over which FUSE connection, for which chain. A restarted
-//! snapshotter adopts the server it names if that server still serves.
+//! the mount, over which FUSE connection, for which view (chain, mode,
+//! allowed set). A restarted snapshotter adopts the server it names if that
+//! server still serves the same view.
 
 use std::path::{Path, PathBuf};
 
-use pare_fs::id::ChainId;
+use pare_fs::id::{ChainId, Digest};
+use pare_fs::policy::Mode;
 use serde::{Deserialize, Serialize};
 
 use super::ProcessId;
@@ -20,6 +22,12 @@ pub struct ServerState {
     pub chain: ChainId,
     /// The mountpoint.
     pub mountpoint: PathBuf,
+    /// The view's mode (learn in state files written before modes).
+    #[serde(default)]
+    pub mode: Mode,
+    /// The digest of the allowed-set file judged by (audit, enforce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Digest>,
 }
 
 /// Why a state file could not be read or written.
@@ -71,6 +79,15 @@ pub fn state_path(mountpoint: &Path) -> PathBuf {
 }
 
 impl ServerState {
+    /// The view this server serves.
+    pub fn key(&self) -> crate::views::ViewKey {
+        crate::views::ViewKey {
+            chain: self.chain.clone(),
+            mode: self.mode,
+            allowed: self.allowed.clone(),
+        }
+    }
+
     /// Reads the state file of `mountpoint`; `None` when there is none.
     pub fn load(mountpoint: &Path) -> Result<Option<ServerState>, StateFileError> {
         let path = state_path(mountpoint);
@@ -144,7 +161,19 @@ mod tests {
             connection: 42,
             chain: ChainId::from_snapshot_name("sha256:c2"),
             mountpoint,
+            mode: Mode::Enforce,
+            allowed: Some(Digest::sha256(b"set")),
         }
+    }
+
+    #[test]
+    fn a_state_file_of_before_modes_names_a_learn_view() {
+        let old = r#"{"process":{"pid":7,"start_ticks":9},"connection":42,"chain":"sha256:c2","mountpoint":"/v/sha256-c2"}"#;
+        let state: ServerState = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            state.key(),
+            crate::views::ViewKey::learn(ChainId::from_snapshot_name("sha256:c2"))
+        );
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! Views of image chains: one view per chain, started on first use by a
-//! container, shared by that chain's containers, stopped with the last one.
-//! Profiles are journaled per chain under `profiles/<chain>`.
+//! Views of image chains: one view per [`ViewKey`] (chain, mode, allowed
+//! set), started on first use by a container, shared by the containers that
+//! use it, stopped with the last one. Learn views journal the profile per
+//! chain under `profiles/<chain>`; audit and enforce views journal misses
+//! beside it, one file per view.
 //!
 //! The table of views is only locked for in-memory bookkeeping: starting and
 //! stopping a view (a process, a mount, an unmount) and checking that it
 //! still serves (reads of `/proc`) happen with the lock released. While a
-//! start or stop runs, the chain's entry says `Starting` or `Stopping`; others
-//! that need that chain wait on a condition variable, for a bounded time. A
+//! start or stop runs, the view's entry says `Starting` or `Stopping`; others
+//! that need that view wait on a condition variable, for a bounded time. A
 //! liveness check remembers the entry's generation and acts on its answer
 //! only if the entry is still the one it checked.
 
+mod key;
 mod mounter;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -18,7 +21,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pare_fs::id::{ChainId, profile_path};
+use pare_fs::policy::{allowed_path, view_misses_path};
 
+pub use key::ViewKey;
 pub use mounter::{MountError, StopOutcome, ViewMounter, ViewSpec};
 
 use crate::error::{Error, Result};
@@ -46,14 +51,14 @@ enum Slot<H> {
 
 struct Entry<H> {
     slot: Slot<H>,
-    /// Tells this entry from a later one of the same chain.
+    /// Tells this entry from a later one of the same view.
     generation: u64,
     users: BTreeSet<String>,
     pinned: Vec<SnapshotId>,
 }
 
 struct Table<H> {
-    entries: HashMap<ChainId, Entry<H>>,
+    entries: HashMap<ViewKey, Entry<H>>,
     generations: u64,
 }
 
@@ -64,7 +69,7 @@ pub struct Views<M: ViewMounter> {
     views_dir: PathBuf,
     table: Mutex<Table<M::Handle>>,
     changed: Condvar,
-    /// Longest wait for another caller's start or stop of the same chain.
+    /// Longest wait for another caller's start or stop of the same view.
     wait_limit: Duration,
 }
 
@@ -72,18 +77,16 @@ pub struct Views<M: ViewMounter> {
 pub struct Request<'a> {
     /// The container snapshot key.
     pub user: &'a str,
-    /// The image chain.
-    pub chain: &'a ChainId,
+    /// The view: image chain, mode, allowed set.
+    pub key: &'a ViewKey,
     /// The chain's layers, topmost first, with their snapshot ids.
     pub layers: &'a [(SnapshotId, PathBuf)],
-    /// Whether accesses are recorded.
-    pub profiled: bool,
 }
 
 impl<M: ViewMounter> Views<M> {
     /// Views of the snapshotter root `root`: mounted under `root/views`,
     /// profiles under `root/profiles`; callers wait at most `wait_limit` for
-    /// a start or stop of the same chain by another caller.
+    /// a start or stop of the same view by another caller.
     pub fn new(mounter: M, root: PathBuf, wait_limit: Duration) -> Self {
         Views {
             mounter,
@@ -98,9 +101,9 @@ impl<M: ViewMounter> Views<M> {
         }
     }
 
-    /// Mountpoint of `chain`'s view.
-    pub fn mountpoint(&self, chain: &ChainId) -> PathBuf {
-        self.views_dir.join(chain.mount_name())
+    /// Mountpoint of the view `key`.
+    pub fn mountpoint(&self, key: &ViewKey) -> PathBuf {
+        self.views_dir.join(key.mount_name())
     }
 
     fn table(&self) -> MutexGuard<'_, Table<M::Handle>> {
@@ -112,12 +115,12 @@ impl<M: ViewMounter> Views<M> {
         &'a self,
         table: MutexGuard<'a, Table<M::Handle>>,
         deadline: Instant,
-        chain: &ChainId,
+        key: &ViewKey,
     ) -> Result<MutexGuard<'a, Table<M::Handle>>> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Error::View {
-                chain: chain.clone(),
+                chain: key.chain.clone(),
                 source: ViewError::Busy(self.wait_limit),
             });
         }
@@ -129,15 +132,22 @@ impl<M: ViewMounter> Views<M> {
     }
 
     fn spec(&self, req: &Request<'_>) -> ViewSpec {
+        let key = req.key;
+        let profile = profile_path(&self.root, &key.chain);
         ViewSpec {
-            chain: req.chain.clone(),
+            key: key.clone(),
             layers: req.layers.iter().map(|(_, d)| d.clone()).collect(),
-            mountpoint: self.mountpoint(req.chain),
-            profile: req.profiled.then(|| profile_path(&self.root, req.chain)),
+            mountpoint: self.mountpoint(key),
+            allowed: key.allowed.as_ref().map(|_| allowed_path(&profile)),
+            misses: key
+                .allowed
+                .as_ref()
+                .map(|set| view_misses_path(&profile, key.mode, set)),
+            profile: key.records_profile().then_some(profile),
         }
     }
 
-    /// Registers `req.user` on its chain's view, starting the view if needed.
+    /// Registers `req.user` on its view, starting the view if needed.
     pub fn acquire(&self, req: &Request<'_>) -> Result<PathBuf> {
         self.acquire_with(req, false)
     }
@@ -152,11 +162,11 @@ impl<M: ViewMounter> Views<M> {
         let deadline = Instant::now() + self.wait_limit;
         let mut table = self.table();
         loop {
-            let Some(entry) = table.entries.get_mut(req.chain) else {
+            let Some(entry) = table.entries.get_mut(req.key) else {
                 table.generations += 1;
                 let generation = table.generations;
                 table.entries.insert(
-                    req.chain.clone(),
+                    req.key.clone(),
                     Entry {
                         slot: Slot::Starting,
                         generation,
@@ -173,7 +183,7 @@ impl<M: ViewMounter> Views<M> {
                 }
                 Slot::Running(handle) => handle.clone(),
                 Slot::Starting | Slot::Stopping => {
-                    table = self.wait(table, deadline, req.chain)?;
+                    table = self.wait(table, deadline, req.key)?;
                     continue;
                 }
             };
@@ -183,7 +193,7 @@ impl<M: ViewMounter> Views<M> {
             table = self.table();
             let Some(entry) = table
                 .entries
-                .get_mut(req.chain)
+                .get_mut(req.key)
                 .filter(|e| e.generation == generation && matches!(e.slot, Slot::Running(_)))
             else {
                 // Stopped or replaced meanwhile: look again.
@@ -195,19 +205,19 @@ impl<M: ViewMounter> Views<M> {
             }
             // Its server died: the view is gone for everyone; a new one
             // serves new containers once the dead one is cleared away.
-            tracing::error!(chain = %req.chain, "view server is gone; starting a new one");
+            tracing::error!(view = %req.key, "view server is gone; starting a new one");
             entry.slot = Slot::Stopping;
             drop(table);
             if let Err(e) = self.mounter.stop(&handle) {
-                tracing::warn!(chain = %req.chain, error = %e, "cannot clear away the dead view");
+                tracing::warn!(view = %req.key, error = %e, "cannot clear away the dead view");
             }
             table = self.table();
             if table
                 .entries
-                .get(req.chain)
+                .get(req.key)
                 .is_some_and(|e| e.generation == generation)
             {
-                table.entries.remove(req.chain);
+                table.entries.remove(req.key);
             }
             self.changed.notify_all();
         }
@@ -216,16 +226,16 @@ impl<M: ViewMounter> Views<M> {
         let mut table = self.table();
         let result = match started {
             Ok(handle) => {
-                let entry = table.entries.get_mut(req.chain).expect("starting entry");
+                let entry = table.entries.get_mut(req.key).expect("starting entry");
                 entry.slot = Slot::Running(Arc::new(handle));
                 Ok(spec.mountpoint)
             }
             Err(e) => {
-                table.entries.remove(req.chain);
-                // Under the lock: a next start of the chain makes it anew.
+                table.entries.remove(req.key);
+                // Under the lock: a next start of the view makes it anew.
                 let _ = std::fs::remove_dir(&spec.mountpoint);
                 Err(Error::View {
-                    chain: req.chain.clone(),
+                    chain: req.key.chain.clone(),
                     source: e.into(),
                 })
             }
@@ -238,12 +248,12 @@ impl<M: ViewMounter> Views<M> {
         if adopt {
             match self.mounter.adopt(spec) {
                 Ok(Some(handle)) => {
-                    tracing::info!(chain = %spec.chain, "view adopted: its server kept serving");
+                    tracing::info!(view = %spec.key, "view adopted: its server kept serving");
                     return Ok(handle);
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(chain = %spec.chain, error = %e, "cannot tell whether the view still serves; mounting it anew")
+                    tracing::warn!(view = %spec.key, error = %e, "cannot tell whether the view still serves; mounting it anew")
                 }
             }
         }
@@ -252,17 +262,17 @@ impl<M: ViewMounter> Views<M> {
             source,
         })?;
         let handle = self.mounter.mount(spec)?;
-        tracing::info!(chain = %spec.chain, mountpoint = %spec.mountpoint.display(), layers = spec.layers.len(), profiled = spec.profile.is_some(), "view mounted");
+        tracing::info!(view = %spec.key, mountpoint = %spec.mountpoint.display(), layers = spec.layers.len(), profiled = spec.profile.is_some(), "view mounted");
         Ok(handle)
     }
 
-    /// Drops `user` from `chain`'s view; stops the view when it was the last
+    /// Drops `user` from the view `key`; stops the view when it was the last
     /// user. True when the view was stopped (the layers it read may be
     /// free). A view that cannot be stopped is kept with `user` on it, so
     /// that a retry stops it, and its layers stay pinned.
-    pub fn release(&self, user: &str, chain: &ChainId) -> Result<bool> {
+    pub fn release(&self, user: &str, key: &ViewKey) -> Result<bool> {
         let mut table = self.table();
-        let Some(entry) = table.entries.get_mut(chain) else {
+        let Some(entry) = table.entries.get_mut(key) else {
             return Ok(false);
         };
         entry.users.remove(user);
@@ -275,20 +285,20 @@ impl<M: ViewMounter> Views<M> {
         drop(table);
         let stopped = self.mounter.stop(&handle);
         if stopped.is_ok() {
-            let _ = std::fs::remove_dir(self.mountpoint(chain));
+            let _ = std::fs::remove_dir(self.mountpoint(key));
         }
         let mut table = self.table();
         let result = match stopped {
             Ok(outcome) => {
-                table.entries.remove(chain);
+                table.entries.remove(key);
                 Ok(outcome)
             }
             Err(e) => {
-                let entry = table.entries.get_mut(chain).expect("stopping entry");
+                let entry = table.entries.get_mut(key).expect("stopping entry");
                 entry.slot = Slot::Running(handle);
                 entry.users.insert(user.to_string());
                 Err(Error::View {
-                    chain: chain.clone(),
+                    chain: key.chain.clone(),
                     source: ViewError::Stop(e),
                 })
             }
@@ -296,15 +306,15 @@ impl<M: ViewMounter> Views<M> {
         self.changed.notify_all();
         drop(table);
         match result? {
-            StopOutcome::Stopped => tracing::info!(%chain, "view stopped"),
+            StopOutcome::Stopped => tracing::info!(view = %key, "view stopped"),
             StopOutcome::Detached => {
                 tracing::info!(
-                    %chain,
+                    view = %key,
                     "view detached; it serves its remaining users elsewhere"
                 )
             }
             StopOutcome::Aborted => {
-                tracing::error!(%chain, "view server hung; connection aborted")
+                tracing::error!(view = %key, "view server hung; connection aborted")
             }
         }
         Ok(true)
@@ -319,15 +329,27 @@ impl<M: ViewMounter> Views<M> {
             .collect()
     }
 
-    /// Chains with a view and their users.
+    /// The chain of each view and the view's users (a chain appears once
+    /// per view: once per mode and allowed set in use).
     pub fn status(&self) -> Vec<(ChainId, Vec<String>)> {
+        let mut out: Vec<_> = self
+            .keys()
+            .into_iter()
+            .map(|(k, users)| (k.chain, users))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Each view and its users, by mountpoint name.
+    pub fn keys(&self) -> Vec<(ViewKey, Vec<String>)> {
         let mut out: Vec<_> = self
             .table()
             .entries
             .iter()
-            .map(|(c, e)| (c.clone(), e.users.iter().cloned().collect()))
+            .map(|(k, e)| (k.clone(), e.users.iter().cloned().collect()))
             .collect();
-        out.sort();
+        out.sort_by_key(|(k, _)| k.mount_name());
         out
     }
 
@@ -336,7 +358,7 @@ impl<M: ViewMounter> Views<M> {
         self.table()
             .entries
             .keys()
-            .map(|c| self.mountpoint(c))
+            .map(|k| self.mountpoint(k))
             .collect()
     }
 

@@ -5,21 +5,24 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pare_fs::id::ChainId;
-
+use super::ViewKey;
 use crate::viewproc::StateFileError;
 
 /// What a view serves and where.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ViewSpec {
-    /// The image chain (its profile's key).
-    pub chain: ChainId,
+    /// Which view: the image chain, the mode and the allowed set.
+    pub key: ViewKey,
     /// Layer directories, topmost first.
     pub layers: Vec<PathBuf>,
     /// The mountpoint.
     pub mountpoint: PathBuf,
-    /// The profile journal, when accesses are recorded.
+    /// The profile journal, when accesses are recorded (learn).
     pub profile: Option<PathBuf>,
+    /// The allowed-set file judged by (audit, enforce); its digest is `key.allowed`.
+    pub allowed: Option<PathBuf>,
+    /// Where misses go (audit, enforce).
+    pub misses: Option<PathBuf>,
 }
 
 /// Why a view could not be started, adopted or stopped.

@@ -1,6 +1,8 @@
 //! Subcommands, one file each.
 
 mod compact;
+mod misses;
+mod mode;
 mod mount;
 mod profile;
 mod report;
@@ -24,6 +26,8 @@ enum Command {
     Mount(mount::MountArgs),
     Compact(compact::CompactArgs),
     Report(report::ReportArgs),
+    Mode(mode::ModeArgs),
+    Misses(misses::MissesArgs),
     #[command(subcommand)]
     Profile(profile::ProfileCommand),
 }
@@ -34,6 +38,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(args) => mount::run(args),
         Command::Compact(args) => compact::run(args),
         Command::Report(args) => report::run(args),
+        Command::Mode(args) => mode::run(args),
+        Command::Misses(args) => misses::run(args),
         Command::Profile(cmd) => profile::run(cmd),
     }
 }
@@ -52,5 +58,25 @@ fn image_profile(
     runtime.block_on(async {
         let client = pare_tools::containerd::Client::connect(address, namespace).await?;
         Ok(pare_tools::compact::profile_of(&client, root, image).await?)
+    })
+}
+
+/// The chain of `image` and where its profile is (or would be) recorded on
+/// this node, whether or not it exists yet (looked up through containerd).
+fn image_profile_path(
+    address: &std::path::Path,
+    namespace: &str,
+    root: &std::path::Path,
+    image: &str,
+) -> anyhow::Result<(pare_fs::id::ChainId, std::path::PathBuf)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = pare_tools::containerd::Client::connect(address, namespace).await?;
+        let source = client.image(image).await?;
+        let path = pare_fs::id::profile_path(root, &source.top_chain_id);
+        Ok((source.top_chain_id, path))
     })
 }

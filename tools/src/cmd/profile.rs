@@ -45,6 +45,25 @@ pub enum ProfileCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fold IMAGE's misses into its profile, as accesses of their kinds.
+    ///
+    /// The misses files are set aside (`.accepted-<secs>`). The allowed set
+    /// is not changed: it is frozen again, with the accepted paths, at the
+    /// next `pare mode IMAGE audit|enforce`. Fails while a learn view
+    /// records the profile.
+    Accept {
+        /// The snapshotter's state directory.
+        #[arg(long, default_value = "/var/lib/pare")]
+        root: PathBuf,
+        /// containerd socket.
+        #[arg(long, default_value = "/run/containerd/containerd.sock")]
+        address: PathBuf,
+        /// containerd namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// The image.
+        image: String,
+    },
     /// Merge profiles of one image (runs, nodes): earliest first access, union of kinds.
     ///
     /// The output is written atomically, and is incomplete when any input is.
@@ -76,6 +95,15 @@ pub fn run(cmd: ProfileCommand) -> anyhow::Result<()> {
             show(json, &file)
         }
         ProfileCommand::List { root, json } => list(&root, json),
+        ProfileCommand::Accept {
+            root,
+            address,
+            namespace,
+            image,
+        } => {
+            let (chain, profile) = super::image_profile_path(&address, &namespace, &root, &image)?;
+            accept(&image, &chain, &profile)
+        }
         ProfileCommand::Merge { output, inputs } => {
             let mut profiles = Vec::new();
             for input in inputs {
@@ -98,6 +126,46 @@ pub fn run(cmd: ProfileCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Folds the misses of the profile at `profile` into it through the
+/// profile's own writer, then sets the misses files aside.
+fn accept(image: &str, chain: &pare_fs::id::ChainId, profile: &Path) -> anyhow::Result<()> {
+    let files = pare_fs::policy::misses_files(profile)?;
+    let misses = super::misses::merged(super::misses::read_all(profile)?);
+    if misses.is_empty() {
+        println!("{image}: no misses to accept");
+        return Ok(());
+    }
+    let recorder = profile::Recorder::open(
+        profile,
+        Some(chain.to_string()),
+        std::time::Duration::from_millis(10),
+    )
+    .with_context(|| format!("cannot add to the profile {}", profile.display()))?;
+    let handle = recorder.handle();
+    for miss in &misses {
+        let rel: std::sync::Arc<Path> = std::sync::Arc::from(miss.path.rel());
+        handle.record(&rel, miss.kind);
+    }
+    drop(handle);
+    recorder.finish()?;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    for file in files {
+        let mut aside = file.clone().into_os_string();
+        aside.push(format!(".accepted-{secs}"));
+        std::fs::rename(&file, &aside)
+            .with_context(|| format!("cannot set {} aside", file.display()))?;
+    }
+    println!(
+        "{image}: {} misses accepted into {}; the allowed set is frozen again at the next `pare mode {image} audit|enforce`",
+        misses.len(),
+        profile.display()
+    );
+    Ok(())
 }
 
 fn read_warn(file: &Path) -> anyhow::Result<profile::Profile> {

@@ -1,6 +1,7 @@
 //! Compaction: from an image's layers and its profile to a one-layer image
 //! holding only what the workload uses ([`compact`] does all of it).
 
+pub mod allowed;
 pub mod closure;
 pub mod dpkg;
 pub mod elf;

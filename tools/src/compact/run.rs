@@ -156,6 +156,9 @@ pub enum CompactError {
     /// The image could not be built or its layout written.
     #[error(transparent)]
     Oci(#[from] OciError),
+    /// The allowed set could not be written.
+    #[error(transparent)]
+    Allowed(#[from] pare_fs::policy::PolicyError),
 }
 
 /// The default name of the minimized image: IMAGE's tag with `-pare`.

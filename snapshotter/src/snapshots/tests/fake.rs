@@ -109,12 +109,16 @@ impl ViewMounter for FakeMounter {
             .iter()
             .map(|l| name(l.parent().unwrap()))
             .collect();
-        self.record(format!(
+        let mut call = format!(
             "mount {} [{}] profiled={}",
             name(&spec.mountpoint),
             ids.join(","),
             spec.profile.is_some()
-        ));
+        );
+        if let (Some(allowed), Some(misses)) = (&spec.allowed, &spec.misses) {
+            call += &format!(" allowed={} misses={}", name(allowed), name(misses));
+        }
+        self.record(call);
         self.serving.lock().unwrap().insert(spec.mountpoint.clone());
         Ok(spec.mountpoint.clone())
     }

@@ -6,6 +6,7 @@ mod disk;
 mod failures;
 mod fake;
 mod lifecycle;
+mod modes;
 mod views;
 
 use std::collections::BTreeMap;
@@ -38,7 +39,11 @@ fn env() -> Env {
 
 fn open(root: &Path, mounter: &FakeMounter) -> Snapshots<FakeMounter> {
     let views = Views::new(mounter.clone(), root.to_path_buf(), Duration::from_secs(5));
-    Snapshots::open(root, views, Box::new(|ns: &str| ns != "quiet")).unwrap()
+    let modes = |ns: &str| match ns {
+        "quiet" => Mode::Off,
+        _ => Mode::Learn,
+    };
+    Snapshots::open(root, views, Box::new(modes)).unwrap()
 }
 
 fn no_labels() -> BTreeMap<String, String> {

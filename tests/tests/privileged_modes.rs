@@ -1,0 +1,139 @@
+//! Per-image modes under a real containerd and pare-snapshotter: learn
+//! records, audit serves everything and lists what the allowed set lacks,
+//! enforce hides it, and accepting the misses lets the next enforce show it.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use pare_tests::containerd::NAMESPACE;
+use pare_tests::images::MTIME;
+use pare_tests::node::{PareNode, import_tools_image};
+use pare_tests::oci::Layer;
+use pare_tests::poll::{eventually, wait_for};
+use pare_tests::prereq::{PARE_NODE, pare_bin, privileged};
+
+const IMAGE: &str = "docker.io/pare-tests/modes:v1";
+
+/// `pare ARGS...` against the node; stdout, or an error with stderr.
+fn pare(node: &PareNode, args: &[&str]) -> Result<String> {
+    let out = Command::new(pare_bin())
+        .args(args)
+        .arg("--address")
+        .arg(node.containerd.address())
+        .args(["--namespace", NAMESPACE])
+        .arg("--root")
+        .arg(node.pare.root())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "pare {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The misses of IMAGE as `pare misses --json` prints them.
+fn misses(node: &PareNode) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&pare(
+        node,
+        &["misses", "--json", IMAGE],
+    )?)?)
+}
+
+#[test]
+fn privileged_learn_audit_enforce_and_accept() -> Result<()> {
+    if !privileged("privileged_learn_audit_enforce_and_accept", PARE_NODE) {
+        return Ok(());
+    }
+    let mut node = PareNode::start()?;
+    node.checked(|node| {
+        let mut app = Layer::new(MTIME);
+        app.dir("app", 0o755);
+        app.file("app/a", "a\n", 0o644);
+        app.file("app/b", "b\n", 0o644);
+        app.file("app/c", "c\n", 0o644);
+        import_tools_image(node, IMAGE, &[], &app)?;
+        let ctr = node.ctr();
+
+        // learn: the profile grows with what the workload uses.
+        let out = ctr.run(
+            IMAGE,
+            "learn-1",
+            "pare",
+            &["sh", "-c", "cat /app/a; ls /app"],
+        )?;
+        ensure!(out == "a\na\nb\nc\n", "{out:?}");
+
+        // audit: everything is served; what the allowed set lacks is a miss.
+        let set = pare(node, &["mode", IMAGE, "audit"])?;
+        ensure!(set.contains("audit"), "{set}");
+        let out = ctr.run(IMAGE, "audit-1", "pare", &["cat", "/app/a", "/app/b"])?;
+        ensure!(out == "a\nb\n", "audit serves everything: {out:?}");
+        let seen = wait_for(Duration::from_secs(20), "the miss of /app/b", || {
+            let listed = misses(node)?;
+            let found = listed["misses"].as_array().and_then(|all| {
+                all.iter()
+                    .find(|m| m["path"] == "/app/b" && m["kind"] == "read")
+                    .cloned()
+            });
+            Ok(found)
+        })?;
+        let containers: Vec<&str> = seen["processes"]
+            .as_array()
+            .context("processes")?
+            .iter()
+            .filter_map(|p| p["container"].as_str())
+            .collect();
+        ensure!(containers == ["audit-1"], "who asked: {seen}");
+        ensure!(misses(node)?["mode"] == "audit");
+        ensure!(
+            !misses(node)?["misses"]
+                .as_array()
+                .context("misses")?
+                .iter()
+                .any(|m| m["path"] == "/app/a"),
+            "/app/a is allowed"
+        );
+
+        // enforce: names outside the allowed set do not exist.
+        pare(node, &["mode", IMAGE, "enforce"])?;
+        let listed = pare(node, &["mode", "--json"])?;
+        let modes: serde_json::Value = serde_json::from_str(&listed)?;
+        ensure!(
+            modes[0]["image"] == IMAGE && modes[0]["mode"] == "enforce",
+            "{listed}"
+        );
+        let out = ctr.run(IMAGE, "enforce-1", "pare", &["ls", "/app"])?;
+        ensure!(out == "a\n", "only the allowed name is listed: {out:?}");
+        let err = ctr
+            .run(IMAGE, "enforce-2", "pare", &["cat", "/app/b"])
+            .expect_err("/app/b is hidden in enforce mode");
+        ensure!(
+            format!("{err:#}").contains("No such file"),
+            "the error: {err:#}"
+        );
+        let out = ctr.run(IMAGE, "enforce-3", "pare", &["cat", "/app/a"])?;
+        ensure!(out == "a\n", "{out:?}");
+
+        // accept: the misses join the profile; the next enforce shows /app/b.
+        // The learn view may still hold the profile until its snapshot is
+        // collected.
+        eventually(Duration::from_secs(30), "pare profile accept", || {
+            Ok(pare(node, &["profile", "accept", IMAGE]).is_ok())
+        })?;
+        let left = misses(node)?;
+        ensure!(
+            left["misses"].as_array().is_some_and(Vec::is_empty),
+            "accepted misses are set aside: {left}"
+        );
+        pare(node, &["mode", IMAGE, "enforce"])?;
+        let out = ctr.run(IMAGE, "enforce-4", "pare", &["cat", "/app/a", "/app/b"])?;
+        ensure!(out == "a\nb\n", "{out:?}");
+        let out = ctr.run(IMAGE, "enforce-5", "pare", &["ls", "/app"])?;
+        ensure!(out == "a\nb\n", "/app/c stays hidden: {out:?}");
+        Ok(())
+    })?;
+    node.stop()
+}
