@@ -138,6 +138,7 @@ async fn serve(config: Config, metrics_address: Option<SocketAddr>) -> Result<()
         log_json: config.log_format == LogFormat::Json,
         start_timeout: Duration::from_millis(config.view.start_timeout_ms),
         stop_timeout: Duration::from_millis(config.view.stop_timeout_ms),
+        stats: metrics_address.is_some(),
     });
     let wait_limit =
         Duration::from_millis(config.view.start_timeout_ms + config.view.stop_timeout_ms);

@@ -28,6 +28,7 @@ fn mounter(program: &Path, start_timeout: Duration) -> ProcessMounter {
         log_json: false,
         start_timeout,
         stop_timeout: Duration::from_secs(2),
+        stats: false,
     })
 }
 

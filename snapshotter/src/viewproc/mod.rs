@@ -48,6 +48,9 @@ pub struct ServerConfig {
     pub start_timeout: Duration,
     /// How long a server may take to unmount and exit.
     pub stop_timeout: Duration,
+    /// Servers write their stats file for the metrics endpoint (only when
+    /// it is on: otherwise nothing reads it).
+    pub stats: bool,
 }
 
 /// The real mounter: one `serve-view` process per view.
@@ -83,6 +86,9 @@ impl ProcessMounter {
         }
         if !c.passthrough {
             cmd.arg("--no-passthrough");
+        }
+        if c.stats {
+            cmd.arg("--stats");
         }
         if let Some(profile) = &spec.profile {
             cmd.arg("--profile").arg(profile);

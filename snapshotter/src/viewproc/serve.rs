@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Serve reads with pread instead of FUSE passthrough.
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Write the stats file every second (the snapshotter serves metrics).
+    #[arg(long)]
+    pub stats: bool,
     /// Profile flush interval in ms.
     #[arg(long, default_value_t = 10)]
     pub flush_ms: u64,
@@ -148,7 +151,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let mut reported = RecorderStats::default();
     let mut stats_due = Instant::now();
     while !term.load(Ordering::Relaxed) && !mounted.is_finished() {
-        if Instant::now() >= stats_due {
+        if args.stats && Instant::now() >= stats_due {
             write_stats(&args, &state, &requests, recorder.as_ref());
             stats_due = Instant::now() + view_stats::INTERVAL;
         }
