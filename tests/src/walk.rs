@@ -121,9 +121,18 @@ impl Tree {
 
 /// Walks the tree under `root` without following symlinks.
 pub fn walk(root: &Path) -> Result<Tree> {
+    walk_pruned(root, &BTreeSet::new())
+}
+
+/// Like [`walk`], leaving out the paths in `prune` (relative to `root`) and
+/// everything beneath them: mount points that are not part of the tree.
+pub fn walk_pruned(root: &Path, prune: &BTreeSet<PathBuf>) -> Result<Tree> {
     let mut tree = Tree::default();
     let mut pending = vec![PathBuf::new()];
     while let Some(rel) = pending.pop() {
+        if prune.contains(&rel) {
+            continue;
+        }
         let entry =
             record(&root.join(&rel)).with_context(|| format!("{}", root.join(&rel).display()))?;
         if entry.kind == "dir" {
