@@ -237,6 +237,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_states_the_defaults() {
+        let example: Config =
+            toml::from_str(include_str!("../../examples/pare-snapshotter.toml")).unwrap();
+        example.validate().unwrap();
+        // The example leaves `threads` commented out; everything else it
+        // spells out is the default.
+        assert_eq!(example, Config::default());
+    }
+
+    #[test]
     fn mistakes_are_reported() {
         assert!(toml::from_str::<Config>("rooot = \"/x\"").is_err());
         let bad_mode = Config {
