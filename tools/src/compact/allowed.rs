@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use pare_fs::id::{ChainId, Digest};
-use pare_fs::layers::LayerStack;
 use pare_fs::policy::{AllowedSet, allowed_path};
 use pare_fs::profile::ImagePath;
 
@@ -59,16 +58,8 @@ pub async fn freeze(
     let source = client.image(image).await?;
     let chain = source.top_chain_id.clone();
     let profile = source::read(root, None, image, &chain, allow_incomplete)?;
-    let dirs = client.layer_dirs(snapshotter, &chain).await?;
-    let tree = ImageTree::new(LayerStack::open(dirs)?);
-    let index = Index::build(&tree).map_err(CompactError::Index)?;
-    let paths: Vec<ImagePath> = profile
-        .profile
-        .entries
-        .iter()
-        .map(|e| e.path.clone())
-        .collect();
-    let set = allowed_set(&tree, &index, &profile.bytes, &paths, rules)?;
+    let (tree, index) = source::open_tree(client, snapshotter, &chain).await?;
+    let set = allowed_set(&tree, &index, &profile.bytes, &profile.paths(), rules)?;
     let path = allowed_path(&profile.path);
     set.write(&path)?;
     Ok(Frozen { chain, path, set })

@@ -7,16 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use pare_fs::id::{ChainId, Digest};
-use pare_fs::layers::LayerStack;
 use pare_fs::profile::ImagePath;
 
-use super::closure::Index;
 use super::dpkg;
 use super::layer::{self, Compression, LayerError};
 use super::plan::{self, PlanError, Rules};
 use super::source;
 use super::summary::{CompactSummary, KeptOf};
-use super::tree::ImageTree;
 use crate::containerd::{Client, ContainerdError};
 use crate::oci::{self, ANNOTATION_PROFILE, ANNOTATION_SOURCE_IMAGE, Content, OciError, Spool};
 
@@ -211,18 +208,8 @@ pub async fn compact(
         request.allow_incomplete,
     )?;
 
-    let dirs = client
-        .layer_dirs(&request.snapshotter, &source.top_chain_id)
-        .await?;
-    let tree = ImageTree::new(LayerStack::open(dirs)?);
-    let index = Index::build(&tree).map_err(CompactError::Index)?;
-    let paths: Vec<ImagePath> = profile
-        .profile
-        .entries
-        .iter()
-        .map(|e| e.path.clone())
-        .collect();
-    let plan = plan::plan(&tree, &index, &paths, &request.rules)?;
+    let (tree, index) = source::open_tree(&client, &request.snapshotter, &chain).await?;
+    let plan = plan::plan(&tree, &index, &profile.paths(), &request.rules)?;
     if !plan.missing.is_empty() {
         tracing::warn!(count = plan.missing.len(), first = %plan.missing[0], "profiled paths not in the image");
     }

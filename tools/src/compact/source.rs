@@ -1,12 +1,18 @@
 //! The profile a compaction reads: the one recorded on this node for the
 //! source image's layer chain (or the one given), read once it has settled,
-//! and refused when it is incomplete or belongs to another image.
+//! and refused when it is incomplete or belongs to another image; and the
+//! image's merged layers the closure is computed over.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use pare_fs::id::{self, ChainId};
-use pare_fs::profile::{self, Profile};
+use pare_fs::layers::LayerStack;
+use pare_fs::profile::{self, ImagePath, Profile};
+
+use super::closure::Index;
+use super::tree::ImageTree;
+use crate::containerd::Client;
 
 use super::run::CompactError;
 
@@ -38,6 +44,30 @@ pub fn recorded_profile(
             dir: id::profiles_dir(root),
         })
     }
+}
+
+impl SourceProfile {
+    /// The profiled paths, in first-access order.
+    pub fn paths(&self) -> Vec<ImagePath> {
+        self.profile
+            .entries
+            .iter()
+            .map(|e| e.path.clone())
+            .collect()
+    }
+}
+
+/// The merged layers of an image unpacked by `snapshotter` at `chain`, and
+/// their index: what the closure is computed over.
+pub async fn open_tree(
+    client: &Client,
+    snapshotter: &str,
+    chain: &ChainId,
+) -> Result<(ImageTree, Index), CompactError> {
+    let dirs = client.layer_dirs(snapshotter, chain).await?;
+    let tree = ImageTree::new(LayerStack::open(dirs)?);
+    let index = Index::build(&tree).map_err(CompactError::Index)?;
+    Ok((tree, index))
 }
 
 /// Reads the profile of `image` (top layer `chain`): `given`, else the one
