@@ -18,15 +18,8 @@ use pare_tools::compact::{self, CompactRequest, Progress};
 /// layout with --oci-layout.
 #[derive(Debug, Args)]
 pub struct CompactArgs {
-    /// containerd socket.
-    #[arg(long, default_value = "/run/containerd/containerd.sock")]
-    address: PathBuf,
-    /// containerd namespace.
-    #[arg(long, default_value = "default")]
-    namespace: String,
-    /// pare-snapshotter's state directory (where profiles/ is).
-    #[arg(long, default_value = "/var/lib/pare")]
-    root: PathBuf,
+    #[command(flatten)]
+    node: super::NodeArgs,
     /// The profile journal to use instead of the one recorded for IMAGE.
     #[arg(long)]
     profile: Option<PathBuf>,
@@ -65,9 +58,9 @@ pub struct CompactArgs {
 
 pub fn run(args: CompactArgs) -> anyhow::Result<()> {
     let request = CompactRequest {
-        address: args.address,
-        namespace: args.namespace,
-        root: args.root,
+        address: args.node.address,
+        namespace: args.node.namespace,
+        root: args.node.root,
         profile: args.profile,
         image: args.image,
         tag: args.tag,

@@ -1,6 +1,6 @@
 //! `pare misses`: an image's accesses outside its allowed set.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use clap::Args;
@@ -10,15 +10,8 @@ use pare_fs::policy::{self, Miss, MissesFile, Mode};
 /// enforce), in first-seen order.
 #[derive(Debug, Args)]
 pub struct MissesArgs {
-    /// containerd socket.
-    #[arg(long, default_value = "/run/containerd/containerd.sock")]
-    address: PathBuf,
-    /// containerd namespace.
-    #[arg(long, default_value = "default")]
-    namespace: String,
-    /// pare-snapshotter's state directory.
-    #[arg(long, default_value = "/var/lib/pare")]
-    root: PathBuf,
+    #[command(flatten)]
+    node: super::NodeArgs,
     /// Print JSON: {"image", "mode", "misses": [{"path", "kind", "first_seen_ns", "count", "processes"}]}.
     #[arg(long)]
     json: bool,
@@ -27,10 +20,9 @@ pub struct MissesArgs {
 }
 
 pub fn run(args: MissesArgs) -> anyhow::Result<()> {
-    let (chain, profile) =
-        super::image_profile_path(&args.address, &args.namespace, &args.root, &args.image)?;
+    let (chain, profile) = args.node.profile_path_of(&args.image)?;
     let files = read_all(&profile)?;
-    let mode = policy::modes::read(&args.root, &chain)
+    let mode = policy::modes::read(&args.node.root, &chain)
         .ok()
         .flatten()
         .map(|e| e.mode)

@@ -44,39 +44,55 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The profile recorded on this node for `image` (looked up through containerd).
-fn image_profile(
-    address: &std::path::Path,
-    namespace: &str,
-    root: &std::path::Path,
-    image: &str,
-) -> anyhow::Result<std::path::PathBuf> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let client = pare_tools::containerd::Client::connect(address, namespace).await?;
-        Ok(pare_tools::compact::profile_of(&client, root, image).await?)
-    })
+/// Where this node's containerd and pare-snapshotter are: the options every
+/// command that looks an image up shares.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// containerd socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub address: std::path::PathBuf,
+    /// containerd namespace.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// pare-snapshotter's state directory (where profiles/ is).
+    #[arg(long, default_value = "/var/lib/pare")]
+    pub root: std::path::PathBuf,
 }
 
-/// The chain of `image` and where its profile is (or would be) recorded on
-/// this node, whether or not it exists yet (looked up through containerd).
-fn image_profile_path(
-    address: &std::path::Path,
-    namespace: &str,
-    root: &std::path::Path,
-    image: &str,
-) -> anyhow::Result<(pare_fs::id::ChainId, std::path::PathBuf)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let client = pare_tools::containerd::Client::connect(address, namespace).await?;
-        let source = client.image(image).await?;
-        let path = pare_fs::id::profile_path(root, &source.top_chain_id);
-        Ok((source.top_chain_id, path))
-    })
+impl NodeArgs {
+    /// Runs `work` with a containerd client on a runtime of its own.
+    fn with_client<T>(
+        &self,
+        work: impl AsyncFnOnce(&pare_tools::containerd::Client) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(async {
+            let client =
+                pare_tools::containerd::Client::connect(&self.address, &self.namespace).await?;
+            work(&client).await
+        })
+    }
+
+    /// The profile recorded on this node for `image`.
+    fn profile_of(&self, image: &str) -> anyhow::Result<std::path::PathBuf> {
+        self.with_client(async |client| {
+            Ok(pare_tools::compact::profile_of(client, &self.root, image).await?)
+        })
+    }
+
+    /// The chain of `image` and where its profile is (or would be) recorded
+    /// on this node, whether or not it exists yet.
+    fn profile_path_of(
+        &self,
+        image: &str,
+    ) -> anyhow::Result<(pare_fs::id::ChainId, std::path::PathBuf)> {
+        self.with_client(async |client| {
+            let source = client.image(image).await?;
+            let path = pare_fs::id::profile_path(&self.root, &source.top_chain_id);
+            Ok((source.top_chain_id, path))
+        })
+    }
 }

@@ -1,7 +1,5 @@
 //! `pare mode`: set the mode an image runs in on this node, or list modes.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use clap::Args;
 use pare_fs::policy::{self, Mode, ModeEntry, Rules};
@@ -18,15 +16,8 @@ use pare_tools::containerd::Client;
 /// keeps). A mode applies to containers started after it is set.
 #[derive(Debug, Args)]
 pub struct ModeArgs {
-    /// containerd socket.
-    #[arg(long, default_value = "/run/containerd/containerd.sock")]
-    address: PathBuf,
-    /// containerd namespace.
-    #[arg(long, default_value = "default")]
-    namespace: String,
-    /// pare-snapshotter's state directory.
-    #[arg(long, default_value = "/var/lib/pare")]
-    root: PathBuf,
+    #[command(flatten)]
+    node: super::NodeArgs,
     /// The snapshotter IMAGE is unpacked with (its layer directories are read).
     #[arg(long, default_value = "pare")]
     snapshotter: String,
@@ -73,14 +64,14 @@ pub fn run(args: ModeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let (chain, frozen) = runtime.block_on(async {
-        let client = Client::connect(&args.address, &args.namespace).await?;
+        let client = Client::connect(&args.node.address, &args.node.namespace).await?;
         if !mode.has_policy() {
             let source = client.image(image).await?;
             return anyhow::Ok((source.top_chain_id, None));
         }
         let frozen = allowed::freeze(
             &client,
-            &args.root,
+            &args.node.root,
             image,
             &args.snapshotter,
             &rules,
@@ -90,7 +81,7 @@ pub fn run(args: ModeArgs) -> anyhow::Result<()> {
         Ok((frozen.chain.clone(), Some(frozen)))
     })?;
     let path = ModeEntry::now(image, chain.clone(), mode, rules)
-        .write(&args.root)
+        .write(&args.node.root)
         .context("cannot set the mode")?;
     tracing::debug!(entry = %path.display(), "mode set");
     match frozen {
@@ -105,7 +96,7 @@ pub fn run(args: ModeArgs) -> anyhow::Result<()> {
 }
 
 fn list(args: &ModeArgs) -> anyhow::Result<()> {
-    let (entries, errors) = policy::modes::list(&args.root)?;
+    let (entries, errors) = policy::modes::list(&args.node.root)?;
     for e in &errors {
         tracing::warn!(error = %e, "skipping an unreadable mode entry");
     }

@@ -24,15 +24,9 @@ pub enum ProfileCommand {
         /// Print JSON: {"image": ..., "incomplete": bool, "entries": [{"path", "first_access_ns", "accesses"}]}.
         #[arg(long)]
         json: bool,
-        /// The snapshotter's state directory (where profiles/ is).
-        #[arg(long, default_value = "/var/lib/pare")]
-        root: PathBuf,
-        /// containerd socket (to find an image's profile).
-        #[arg(long, default_value = "/run/containerd/containerd.sock")]
-        address: PathBuf,
-        /// containerd namespace.
-        #[arg(long, default_value = "default")]
-        namespace: String,
+        /// Where to look an image up (to find its profile).
+        #[command(flatten)]
+        node: super::NodeArgs,
         /// A profile journal file, or an image name known to containerd.
         target: String,
     },
@@ -52,15 +46,8 @@ pub enum ProfileCommand {
     /// next `pare mode IMAGE audit|enforce`. Fails while a learn view
     /// records the profile.
     Accept {
-        /// The snapshotter's state directory.
-        #[arg(long, default_value = "/var/lib/pare")]
-        root: PathBuf,
-        /// containerd socket.
-        #[arg(long, default_value = "/run/containerd/containerd.sock")]
-        address: PathBuf,
-        /// containerd namespace.
-        #[arg(long, default_value = "default")]
-        namespace: String,
+        #[command(flatten)]
+        node: super::NodeArgs,
         /// The image.
         image: String,
     },
@@ -80,28 +67,17 @@ pub enum ProfileCommand {
 
 pub fn run(cmd: ProfileCommand) -> anyhow::Result<()> {
     match cmd {
-        ProfileCommand::Show {
-            json,
-            root,
-            address,
-            namespace,
-            target,
-        } => {
+        ProfileCommand::Show { json, node, target } => {
             let file = if Path::new(&target).exists() {
                 PathBuf::from(&target)
             } else {
-                super::image_profile(&address, &namespace, &root, &target)?
+                node.profile_of(&target)?
             };
             show(json, &file)
         }
         ProfileCommand::List { root, json } => list(&root, json),
-        ProfileCommand::Accept {
-            root,
-            address,
-            namespace,
-            image,
-        } => {
-            let (chain, profile) = super::image_profile_path(&address, &namespace, &root, &image)?;
+        ProfileCommand::Accept { node, image } => {
+            let (chain, profile) = node.profile_path_of(&image)?;
             accept(&image, &chain, &profile)
         }
         ProfileCommand::Merge { output, inputs } => {
