@@ -22,6 +22,8 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`; off when unset.
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Profiling rules.
     pub profile: ProfileConfig,
     /// View settings.
@@ -81,6 +83,7 @@ impl Default for Config {
             socket_group: None,
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            metrics_address: None,
             profile: ProfileConfig::default(),
             view: ViewConfig::default(),
         }
@@ -218,6 +221,7 @@ mod tests {
             socket_mode = "0660"
             socket_group = "containerd"
             log_format = "json"
+            metrics_address = "127.0.0.1:9102"
             [profile]
             disabled_namespaces = ["k8s.io"]
             flush_interval_ms = 50
@@ -231,6 +235,7 @@ mod tests {
         assert_eq!(config.root, PathBuf::from("/srv/pare"));
         assert_eq!(config.socket_mode_bits().unwrap(), 0o660);
         assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.metrics_address, Some(([127, 0, 0, 1], 9102).into()));
         assert!(config.profiles("default"));
         assert!(!config.profiles("k8s.io"));
         assert_eq!(config.view.threads, 4);

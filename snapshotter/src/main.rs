@@ -38,7 +38,8 @@ struct Args {
     /// Log filter (overrides the config file).
     #[arg(long)]
     log_level: Option<String>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    /// Serve Prometheus metrics at http://ADDR/metrics (overrides the config
+    /// file; off unless given in one of them).
     #[arg(long, value_name = "ADDR")]
     metrics_address: Option<SocketAddr>,
     #[command(subcommand)]
@@ -92,6 +93,9 @@ fn run(args: Args) -> Result<()> {
     if let Some(level) = args.log_level {
         config.log_level = level;
     }
+    if let Some(address) = args.metrics_address {
+        config.metrics_address = Some(address);
+    }
     init_logging(&config);
     anyhow::ensure!(
         rustix::process::geteuid().is_root(),
@@ -102,7 +106,8 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, args.metrics_address))
+    let metrics_address = config.metrics_address;
+    runtime.block_on(serve(config, metrics_address))
 }
 
 fn init_logging(config: &Config) {
