@@ -54,6 +54,26 @@ impl PareNode {
         })
     }
 
+    /// `pare ARGS... --address --namespace --root` against this node: its
+    /// stdout, or an error with its stderr.
+    pub fn pare(&self, args: &[&str]) -> Result<String> {
+        let out = std::process::Command::new(crate::prereq::pare_bin())
+            .args(args)
+            .arg("--address")
+            .arg(self.containerd.address())
+            .args(["--namespace", crate::containerd::NAMESPACE])
+            .arg("--root")
+            .arg(self.pare.root())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "pare {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// `ctr` bound to the containerd.
     pub fn ctr(&self) -> Ctr {
         self.containerd.ctr()

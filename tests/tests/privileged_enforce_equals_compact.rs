@@ -11,15 +11,14 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
 use pare_fs::mountinfo;
-use pare_tests::containerd::{Ctr, NAMESPACE};
+use pare_tests::containerd::Ctr;
 use pare_tests::images::harness_image;
 use pare_tests::node::PareNode;
-use pare_tests::prereq::{PARE_NODE, pare_bin, privileged};
+use pare_tests::prereq::{PARE_NODE, privileged};
 use pare_tests::walk::{self, Tree};
 
 const IMAGE: &str = "docker.io/pare-tests/enforce-compact:v1";
@@ -46,25 +45,6 @@ const RUNTIME_MOUNTS: &[&str] = &[
     "etc/resolv.conf",
     "etc/hostname",
 ];
-
-/// `pare ARGS... --address --namespace --root` against the node.
-fn pare(node: &PareNode, args: &[&str]) -> Result<String> {
-    let out = Command::new(pare_bin())
-        .args(args)
-        .arg("--address")
-        .arg(node.containerd.address())
-        .args(["--namespace", NAMESPACE])
-        .arg("--root")
-        .arg(node.pare.root())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "pare {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
 
 /// The host pid of container `id`'s task, from `ctr tasks ls`.
 fn task_pid(ctr: &Ctr, id: &str) -> Result<u32> {
@@ -230,10 +210,10 @@ fn privileged_enforced_view_equals_compacted_image() -> Result<()> {
         let mut compact = vec!["compact", "--tag", COMPACTED];
         compact.extend_from_slice(RULES);
         compact.push(IMAGE);
-        pare(node, &compact)?;
+        node.pare(&compact)?;
         let mut enforce = vec!["mode", IMAGE, "enforce"];
         enforce.extend_from_slice(RULES);
-        pare(node, &enforce)?;
+        node.pare(&enforce)?;
 
         let started = SystemTime::now();
         let (enforced, enforced_mounts) = walk_container(&ctr, IMAGE, "enforced", "pare", started)?;

@@ -2,44 +2,22 @@
 //! records, audit serves everything and lists what the allowed set lacks,
 //! enforce hides it, and accepting the misses lets the next enforce show it.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use pare_tests::containerd::NAMESPACE;
 use pare_tests::images::MTIME;
 use pare_tests::node::{PareNode, import_tools_image};
 use pare_tests::oci::Layer;
 use pare_tests::poll::{eventually, wait_for};
-use pare_tests::prereq::{PARE_NODE, pare_bin, privileged};
+use pare_tests::prereq::{PARE_NODE, privileged};
 
 const IMAGE: &str = "docker.io/pare-tests/modes:v1";
 
-/// `pare ARGS...` against the node; stdout, or an error with stderr.
-fn pare(node: &PareNode, args: &[&str]) -> Result<String> {
-    let out = Command::new(pare_bin())
-        .args(args)
-        .arg("--address")
-        .arg(node.containerd.address())
-        .args(["--namespace", NAMESPACE])
-        .arg("--root")
-        .arg(node.pare.root())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "pare {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 /// The misses of IMAGE as `pare misses --json` prints them.
 fn misses(node: &PareNode) -> Result<serde_json::Value> {
-    Ok(serde_json::from_str(&pare(
-        node,
-        &["misses", "--json", IMAGE],
-    )?)?)
+    Ok(serde_json::from_str(
+        &node.pare(&["misses", "--json", IMAGE])?,
+    )?)
 }
 
 #[test]
@@ -67,7 +45,7 @@ fn privileged_learn_audit_enforce_and_accept() -> Result<()> {
         ensure!(out == "a\na\nb\nc\n", "{out:?}");
 
         // audit: everything is served; what the allowed set lacks is a miss.
-        let set = pare(node, &["mode", IMAGE, "audit"])?;
+        let set = node.pare(&["mode", IMAGE, "audit"])?;
         ensure!(set.contains("audit"), "{set}");
         let out = ctr.run(IMAGE, "audit-1", "pare", &["cat", "/app/a", "/app/b"])?;
         ensure!(out == "a\nb\n", "audit serves everything: {out:?}");
@@ -98,8 +76,8 @@ fn privileged_learn_audit_enforce_and_accept() -> Result<()> {
         );
 
         // enforce: names outside the allowed set do not exist.
-        pare(node, &["mode", IMAGE, "enforce"])?;
-        let listed = pare(node, &["mode", "--json"])?;
+        node.pare(&["mode", IMAGE, "enforce"])?;
+        let listed = node.pare(&["mode", "--json"])?;
         let modes: serde_json::Value = serde_json::from_str(&listed)?;
         ensure!(
             modes[0]["image"] == IMAGE && modes[0]["mode"] == "enforce",
@@ -121,14 +99,14 @@ fn privileged_learn_audit_enforce_and_accept() -> Result<()> {
         // The learn view may still hold the profile until its snapshot is
         // collected.
         eventually(Duration::from_secs(30), "pare profile accept", || {
-            Ok(pare(node, &["profile", "accept", IMAGE]).is_ok())
+            Ok(node.pare(&["profile", "accept", IMAGE]).is_ok())
         })?;
         let left = misses(node)?;
         ensure!(
             left["misses"].as_array().is_some_and(Vec::is_empty),
             "accepted misses are set aside: {left}"
         );
-        pare(node, &["mode", IMAGE, "enforce"])?;
+        node.pare(&["mode", IMAGE, "enforce"])?;
         let out = ctr.run(IMAGE, "enforce-4", "pare", &["cat", "/app/a", "/app/b"])?;
         ensure!(out == "a\nb\n", "{out:?}");
         let out = ctr.run(IMAGE, "enforce-5", "pare", &["ls", "/app"])?;

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use pare_tools::compact::layer::Compression;
-use pare_tools::compact::plan::Rules;
 use pare_tools::compact::{self, CompactRequest, Progress};
 
 /// Build a minimized image holding only what IMAGE's workload used.
@@ -29,15 +28,8 @@ pub struct CompactArgs {
     /// Write an OCI image layout to this directory instead of into containerd.
     #[arg(long)]
     oci_layout: Option<PathBuf>,
-    /// Also keep image paths matching this glob (repeatable).
-    #[arg(long)]
-    include: Vec<String>,
-    /// Drop image paths matching this glob (repeatable).
-    #[arg(long)]
-    exclude: Vec<String>,
-    /// Keep this program with its ELF closure (repeatable).
-    #[arg(long)]
-    include_exec: Vec<String>,
+    #[command(flatten)]
+    rules: super::RulesArgs,
     /// Layer compression.
     #[arg(long, value_enum, default_value = "gzip")]
     compression: Compression,
@@ -65,11 +57,7 @@ pub fn run(args: CompactArgs) -> anyhow::Result<()> {
         image: args.image,
         tag: args.tag,
         oci_layout: args.oci_layout,
-        rules: Rules {
-            include: args.include,
-            exclude: args.exclude,
-            include_exec: args.include_exec,
-        },
+        rules: args.rules.rules(),
         compression: args.compression,
         snapshotter: args.snapshotter,
         allow_incomplete: args.allow_incomplete,

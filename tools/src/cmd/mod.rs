@@ -59,6 +59,32 @@ pub struct NodeArgs {
     pub root: std::path::PathBuf,
 }
 
+/// What to add to and remove from the profile's closure: the options of
+/// `pare compact` and of an allowed set frozen by `pare mode`.
+#[derive(Debug, clap::Args)]
+pub struct RulesArgs {
+    /// Also keep image paths matching this glob (repeatable).
+    #[arg(long)]
+    include: Vec<String>,
+    /// Drop image paths matching this glob (repeatable).
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Keep this program with its ELF closure (repeatable).
+    #[arg(long)]
+    include_exec: Vec<String>,
+}
+
+impl RulesArgs {
+    /// The rules these options give.
+    pub fn rules(&self) -> pare_fs::policy::Rules {
+        pare_fs::policy::Rules {
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            include_exec: self.include_exec.clone(),
+        }
+    }
+}
+
 impl NodeArgs {
     /// Runs `work` with a containerd client on a runtime of its own.
     fn with_client<T>(

@@ -21,15 +21,10 @@ pub struct ModeArgs {
     /// The snapshotter IMAGE is unpacked with (its layer directories are read).
     #[arg(long, default_value = "pare")]
     snapshotter: String,
-    /// Also allow image paths matching this glob (repeatable).
-    #[arg(long)]
-    include: Vec<String>,
-    /// Leave out image paths matching this glob (repeatable).
-    #[arg(long)]
-    exclude: Vec<String>,
-    /// Allow this program with its ELF closure (repeatable).
-    #[arg(long)]
-    include_exec: Vec<String>,
+    /// The closure's options, as for `pare compact`: the allowed set is
+    /// what a compaction with them keeps.
+    #[command(flatten)]
+    rules: super::RulesArgs,
     /// Freeze the set even from an incomplete profile.
     #[arg(long)]
     allow_incomplete: bool,
@@ -50,11 +45,7 @@ pub fn run(args: ModeArgs) -> anyhow::Result<()> {
         );
         return list(&args);
     };
-    let rules = Rules {
-        include: args.include.clone(),
-        exclude: args.exclude.clone(),
-        include_exec: args.include_exec.clone(),
-    };
+    let rules = args.rules.rules();
     anyhow::ensure!(
         mode.has_policy() || rules == Rules::default(),
         "--include, --exclude and --include-exec go with audit or enforce"
