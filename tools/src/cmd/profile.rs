@@ -225,12 +225,14 @@ fn last_access_unix_ns(p: &profile::Profile) -> u64 {
     p.header.created_unix_ns.saturating_add(last.unwrap_or(0))
 }
 
-/// True for files beside profiles that are not journals: merge temporaries
-/// and journals set aside as corrupt.
+/// True for files beside profiles that are not journals: merge temporaries,
+/// journals set aside as corrupt, frozen allowed sets and misses files (also
+/// once accepted).
 fn not_a_journal(path: &Path) -> bool {
     let name = path.file_name().map(|n| n.to_string_lossy());
-    path.extension().is_some_and(|e| e == "pare-tmp")
-        || name.is_some_and(|n| n.contains(".corrupt-"))
+    path.extension()
+        .is_some_and(|e| e == "pare-tmp" || e == "allowed" || e == "misses")
+        || name.is_some_and(|n| n.contains(".corrupt-") || n.contains(".accepted-"))
 }
 
 fn list(root: &Path, json: bool) -> anyhow::Result<()> {
@@ -362,9 +364,17 @@ mod tests {
     }
 
     #[test]
-    fn list_skips_temporaries_and_set_aside_journals() {
+    fn list_skips_temporaries_set_aside_journals_and_policy_files() {
         let cases = [
             ("sha256-abc", false),
+            ("sha256:abc", false),
+            ("sha256:abc.allowed", true),
+            ("sha256:abc.misses", true),
+            ("sha256:abc.enforce-0123456789ab.misses", true),
+            (
+                "sha256:abc.audit-0123456789ab.misses.accepted-1700000000",
+                true,
+            ),
             ("sha256-abc.pare-tmp", true),
             ("sha256-abc.corrupt-1700000000", true),
             ("sha256-abc.corrupt-1700000000.2", true),
