@@ -19,16 +19,26 @@ pub enum AccessKind {
     Read = 4,
     /// The file was opened for execution.
     Exec = 5,
+    /// The name was looked up and does not exist in the image (learn mode;
+    /// at most [`ABSENT_PER_DIRECTORY`] names per directory are journaled).
+    Absent = 6,
 }
+
+/// The most absent names journaled per directory: enough for every name a
+/// PATH search or a library search tries there, too few for a workload that
+/// creates files by the thousand (each new name is looked up in the image
+/// first) to flood the journal.
+pub const ABSENT_PER_DIRECTORY: usize = 64;
 
 impl AccessKind {
     /// Every kind, in code order.
-    pub const ALL: [AccessKind; 5] = [
+    pub const ALL: [AccessKind; 6] = [
         AccessKind::Lookup,
         AccessKind::Readdir,
         AccessKind::Readlink,
         AccessKind::Read,
         AccessKind::Exec,
+        AccessKind::Absent,
     ];
 
     /// The kind with on-disk code `code`.
@@ -44,6 +54,7 @@ impl AccessKind {
             AccessKind::Readlink => "readlink",
             AccessKind::Read => "read",
             AccessKind::Exec => "exec",
+            AccessKind::Absent => "absent",
         }
     }
 

@@ -7,6 +7,10 @@
 //! payload  u64 LE ns since created | u8 access kind | image path bytes (absolute)
 //! ```
 //!
+//! Access kind codes: 1 lookup, 2 readdir, 3 readlink, 4 read, 5 exec,
+//! 6 absent (a name looked up that the image does not have; added later, so
+//! a reader that predates it refuses a journal holding one as unreadable).
+//!
 //! Records are only ever appended. A record whose length runs past the end
 //! of the file or whose checksum does not match ends the journal: that is a
 //! torn tail from a crash, which readers ignore (and writers truncate away

@@ -2,12 +2,12 @@
 //! each path's earliest first access, the union of its kinds. The merge is
 //! incomplete when any input is.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::Profile;
 use super::journal::{self, Header};
-use super::{Entry, ImagePath, KindSet, Profile};
+use super::reader::Entries;
 
 /// Why profiles could not be merged.
 #[derive(Debug, thiserror::Error)]
@@ -68,37 +68,25 @@ pub fn merge(inputs: &[(PathBuf, Profile)]) -> Result<Profile, MergeError> {
         .map(|(_, p)| p.header.created_unix_ns)
         .min()
         .unwrap_or(0);
-    let mut index: HashMap<ImagePath, (usize, KindSet)> = HashMap::new();
-    let mut entries: Vec<Entry> = Vec::new();
+    let mut entries = Entries::default();
+    let mut absent = Entries::default();
     for (_, p) in inputs {
         let shift = p.header.created_unix_ns.saturating_sub(created);
         for e in &p.entries {
-            let at = e.first_access_ns.saturating_add(shift);
-            match index.get_mut(&e.path) {
-                Some((i, kinds)) => {
-                    let merged = &mut entries[*i];
-                    merged.first_access_ns = merged.first_access_ns.min(at);
-                    for k in &e.accesses {
-                        if kinds.insert(*k) {
-                            merged.accesses.push(*k);
-                        }
-                    }
-                }
-                None => {
-                    let mut kinds = KindSet::default();
-                    for k in &e.accesses {
-                        kinds.insert(*k);
-                    }
-                    index.insert(e.path.clone(), (entries.len(), kinds));
-                    entries.push(Entry {
-                        first_access_ns: at,
-                        ..e.clone()
-                    });
-                }
-            }
+            entries.add(
+                &e.path,
+                e.first_access_ns.saturating_add(shift),
+                &e.accesses,
+            );
+        }
+        for e in &p.absent {
+            absent.add(
+                &e.path,
+                e.first_access_ns.saturating_add(shift),
+                &e.accesses,
+            );
         }
     }
-    entries.sort_by_key(|e| e.first_access_ns);
     let incomplete = inputs.iter().any(|(_, p)| p.incomplete);
     Ok(Profile {
         header: Header {
@@ -112,7 +100,8 @@ pub fn merge(inputs: &[(PathBuf, Profile)]) -> Result<Profile, MergeError> {
             0
         },
         incomplete,
-        entries,
+        entries: entries.into_sorted(),
+        absent: absent.into_sorted(),
         valid_len: 0,
         torn_tail_bytes: 0,
         records: 0,
@@ -143,7 +132,7 @@ pub fn write(profile: &Profile, path: &Path) -> Result<(), MergeError> {
         profile.flags & !journal::FLAG_INCOMPLETE
     };
     let mut bytes = journal::encode_header(&profile.header, flags);
-    for e in &profile.entries {
+    for e in profile.entries.iter().chain(&profile.absent) {
         // One record per kind, all at the entry's first access: kinds keep their order.
         for k in &e.accesses {
             journal::encode_record(&mut bytes, e.first_access_ns, *k as u8, e.path.as_bytes());
@@ -227,6 +216,34 @@ mod tests {
         let back = crate::profile::read(&out).unwrap();
         assert_eq!(back.entries, merged.entries);
         assert_eq!(back.header.image.as_deref(), Some("sha256:x"));
+    }
+
+    #[test]
+    fn absent_names_merge_apart_from_the_entries_and_survive_a_write() {
+        let a = profile(
+            Some("sha256:x"),
+            0,
+            &[("/bin/sh", 10, &[Lookup]), ("/bin/ls", 20, &[Absent])],
+        );
+        let b = profile(
+            Some("sha256:x"),
+            0,
+            &[("/bin/ls", 5, &[Absent]), ("/bin/cat", 30, &[Absent])],
+        );
+        let merged = merge(&[("a".into(), a), ("b".into(), b)]).unwrap();
+        let absent: Vec<_> = merged
+            .absent
+            .iter()
+            .map(|e| (e.path.to_string(), e.first_access_ns))
+            .collect();
+        assert_eq!(absent, [("/bin/ls".into(), 5), ("/bin/cat".into(), 30)]);
+        assert_eq!(merged.entries.len(), 1);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m");
+        write(&merged, &out).unwrap();
+        let back = crate::profile::read(&out).unwrap();
+        assert_eq!(back.entries, merged.entries);
+        assert_eq!(back.absent, merged.absent);
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod reader;
 mod recorder;
 mod writer;
 
-pub use access::{Access, AccessKind, KindSet};
+pub use access::{ABSENT_PER_DIRECTORY, Access, AccessKind, KindSet};
 pub use aside::set_aside;
 pub use lock::is_recording;
 pub use path::{ImagePath, PathError};

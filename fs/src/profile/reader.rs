@@ -30,8 +30,11 @@ pub struct Profile {
     /// disk): the writer set [`journal::FLAG_INCOMPLETE`] in the header. The
     /// entries are true accesses, but some accesses are missing.
     pub incomplete: bool,
-    /// Entries in first-access order.
+    /// Entries in first-access order: the paths of the image touched.
     pub entries: Vec<Entry>,
+    /// Names looked up that the image does not have ([`AccessKind::Absent`]),
+    /// in first-access order; each entry's only access is `absent`.
+    pub absent: Vec<Entry>,
     /// Length of the intact part of the journal (header and whole records).
     pub valid_len: u64,
     /// Bytes after the last intact record (a torn tail from a crash), ignored.
@@ -81,6 +84,48 @@ pub enum ReadError {
     },
 }
 
+/// Entries being gathered: one per path, its kinds in the order added and
+/// its earliest time.
+#[derive(Default)]
+pub(crate) struct Entries {
+    index: HashMap<ImagePath, (usize, KindSet)>,
+    list: Vec<Entry>,
+}
+
+impl Entries {
+    /// Adds `kinds` of `path` at `ns`.
+    pub(crate) fn add(&mut self, path: &ImagePath, ns: u64, kinds: &[AccessKind]) {
+        let (i, seen) = match self.index.get_mut(path) {
+            Some((i, seen)) => (*i, seen),
+            None => {
+                self.list.push(Entry {
+                    path: path.clone(),
+                    first_access_ns: ns,
+                    accesses: Vec::new(),
+                });
+                let slot = self.index.entry(path.clone()).or_default();
+                slot.0 = self.list.len() - 1;
+                (slot.0, &mut slot.1)
+            }
+        };
+        let entry = &mut self.list[i];
+        entry.first_access_ns = entry.first_access_ns.min(ns);
+        for kind in kinds {
+            if seen.insert(*kind) {
+                entry.accesses.push(*kind);
+            }
+        }
+    }
+
+    /// The entries in first-access order. Serving threads stamp events
+    /// before the writer sees them, so the journal order can differ from
+    /// time order by a few microseconds.
+    pub(crate) fn into_sorted(mut self) -> Vec<Entry> {
+        self.list.sort_by_key(|e| e.first_access_ns);
+        self.list
+    }
+}
+
 /// Reads the journal at `path`.
 pub fn read(path: &Path) -> Result<Profile, ReadError> {
     let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
@@ -98,8 +143,8 @@ pub fn read_bytes(path: &Path, bytes: &[u8]) -> Result<Profile, ReadError> {
     })?;
     let start = decoded.len;
     let (raw, end) = journal::split_records(bytes, start);
-    let mut index: HashMap<ImagePath, (usize, KindSet)> = HashMap::new();
-    let mut entries: Vec<Entry> = Vec::new();
+    let mut entries = Entries::default();
+    let mut absent = Entries::default();
     for record in &raw {
         let image_path =
             ImagePath::new(record.path.to_vec()).map_err(|source| ReadError::BadPath {
@@ -112,34 +157,19 @@ pub fn read_bytes(path: &Path, bytes: &[u8]) -> Result<Profile, ReadError> {
             offset: record.offset,
             code: record.kind,
         })?;
-        match index.get_mut(&image_path) {
-            Some((i, kinds)) => {
-                let entry = &mut entries[*i];
-                if kinds.insert(kind) {
-                    entry.accesses.push(kind);
-                }
-                entry.first_access_ns = entry.first_access_ns.min(record.ns);
-            }
-            None => {
-                let mut kinds = KindSet::default();
-                kinds.insert(kind);
-                index.insert(image_path.clone(), (entries.len(), kinds));
-                entries.push(Entry {
-                    path: image_path,
-                    first_access_ns: record.ns,
-                    accesses: vec![kind],
-                });
-            }
-        }
+        let list = if kind == AccessKind::Absent {
+            &mut absent
+        } else {
+            &mut entries
+        };
+        list.add(&image_path, record.ns, std::slice::from_ref(&kind));
     }
-    // Serving threads stamp events before the writer sees them, so the
-    // journal order can differ from time order by a few microseconds.
-    entries.sort_by_key(|e| e.first_access_ns);
     Ok(Profile {
         header: decoded.header,
         flags: decoded.flags,
         incomplete: decoded.flags & journal::FLAG_INCOMPLETE != 0,
-        entries,
+        entries: entries.into_sorted(),
+        absent: absent.into_sorted(),
         valid_len: end as u64,
         torn_tail_bytes: (bytes.len() - end) as u64,
         records: raw.len() as u64,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::journal::{self, FLAG_INCOMPLETE, FLAGS_OFFSET};
-use super::{Access, KindSet, RecorderError};
+use super::{ABSENT_PER_DIRECTORY, Access, AccessKind, KindSet, RecorderError};
 
 /// Where the writer puts journal bytes: the journal file, or a fake in tests.
 pub(crate) trait Sink: Send + 'static {
@@ -127,6 +127,8 @@ pub(crate) struct Writer<S> {
     sink: S,
     path: PathBuf,
     seen: HashMap<Arc<Path>, KindSet>,
+    /// Absent names journaled per directory (at most [`ABSENT_PER_DIRECTORY`]).
+    absent_in: HashMap<Arc<Path>, usize>,
     flush: Duration,
     limits: Limits,
     counters: Arc<Counters>,
@@ -156,11 +158,18 @@ impl<S: Sink> Writer<S> {
         counters
             .incomplete
             .store(opened.flags & FLAG_INCOMPLETE != 0, Ordering::Relaxed);
+        let mut absent_in: HashMap<Arc<Path>, usize> = HashMap::new();
+        for (rel, kinds) in &opened.seen {
+            if let (true, Some(dir)) = (kinds.contains(AccessKind::Absent), rel.parent()) {
+                *absent_in.entry(Arc::from(dir)).or_default() += 1;
+            }
+        }
         Writer {
             rx,
             sink: opened.sink,
             path: opened.path,
             seen: opened.seen,
+            absent_in,
             flush,
             limits,
             counters,
@@ -230,6 +239,9 @@ impl<S: Sink> Writer<S> {
     /// Queues a record for `access` unless it is a repeat; drops it (lost)
     /// when the pending batch is full and cannot be written.
     fn push(&mut self, access: Access) {
+        if access.kind == AccessKind::Absent && !self.admit_absent(&access.rel) {
+            return;
+        }
         let set = self.seen.entry(access.rel.clone()).or_default();
         if !set.insert(access.kind) {
             return;
@@ -251,6 +263,35 @@ impl<S: Sink> Writer<S> {
         self.counters
             .pending
             .store(self.pending_records, Ordering::Relaxed);
+    }
+
+    /// True when the absent name `rel` is a repeat (dropped as one by
+    /// [`Self::push`]) or its directory has room for one more absent name.
+    fn admit_absent(&mut self, rel: &Arc<Path>) -> bool {
+        if self
+            .seen
+            .get(rel)
+            .is_some_and(|kinds| kinds.contains(AccessKind::Absent))
+        {
+            return true;
+        }
+        let Some(dir) = rel.parent() else {
+            return false;
+        };
+        let count = self.absent_in.entry(Arc::from(dir)).or_default();
+        if *count >= ABSENT_PER_DIRECTORY {
+            return false;
+        }
+        *count += 1;
+        if *count == ABSENT_PER_DIRECTORY {
+            tracing::debug!(
+                profile = %self.path.display(),
+                dir = %dir.display(),
+                limit = ABSENT_PER_DIRECTORY,
+                "absent names of this directory reach the limit: further ones are not journaled"
+            );
+        }
+        true
     }
 
     /// Counts `n` records as lost and marks the journal incomplete.
@@ -716,5 +757,69 @@ mod tests {
         w.flush(Instant::now());
         assert_eq!(w.counters.snapshot().records_written, 1);
         assert_eq!(w.counters.snapshot().records_lost, 0);
+    }
+
+    fn absent(rel: &str, ns: u64) -> Access {
+        Access {
+            rel: Arc::from(Path::new(rel)),
+            kind: AccessKind::Absent,
+            ns,
+        }
+    }
+
+    #[test]
+    fn absent_names_are_bounded_per_directory_not_lost() {
+        let sink = FakeSink::new();
+        let (mut w, _tx) = writer(&sink, 1 << 20);
+        for i in 0..ABSENT_PER_DIRECTORY + 10 {
+            w.push(absent(&format!("tmp/n{i}"), i as u64));
+        }
+        // Other directories and other kinds are not affected by a full one.
+        w.push(absent("usr/bin/python3.12", 500));
+        w.push(absent("tmp/n0", 501));
+        w.push(Access {
+            rel: Arc::from(Path::new("tmp/n999")),
+            kind: AccessKind::Lookup,
+            ns: 502,
+        });
+        w.flush(Instant::now());
+        let stats = w.counters.snapshot();
+        assert_eq!(stats.records_lost, 0);
+        assert!(!stats.incomplete);
+        let p = read_bytes(Path::new("fake"), &sink.bytes()).unwrap();
+        let names: Vec<String> = p.absent.iter().map(|e| e.path.to_string()).collect();
+        let mut want: Vec<String> = (0..ABSENT_PER_DIRECTORY)
+            .map(|i| format!("/tmp/n{i}"))
+            .collect();
+        want.push("/usr/bin/python3.12".into());
+        assert_eq!(names, want);
+        let touched: Vec<String> = p.entries.iter().map(|e| e.path.to_string()).collect();
+        assert_eq!(touched, ["/tmp/n999"]);
+
+        // A writer that reopens the journal knows the directory is full.
+        let mut seen: HashMap<Arc<Path>, KindSet> = HashMap::new();
+        for e in &p.absent {
+            let mut kinds = KindSet::default();
+            kinds.insert(AccessKind::Absent);
+            seen.insert(Arc::from(e.path.rel()), kinds);
+        }
+        let (_tx2, rx) = crossbeam_channel::unbounded();
+        let opened = Opened {
+            sink: sink.clone(),
+            path: "fake".into(),
+            len: sink.bytes().len() as u64,
+            flags: 0,
+            seen,
+        };
+        let mut w = Writer::new(opened, rx, Duration::ZERO, Limits::default());
+        w.push(absent("tmp/later", 600));
+        w.push(absent("usr/bin/python3.13", 601));
+        w.flush(Instant::now());
+        let p = read_bytes(Path::new("fake"), &sink.bytes()).unwrap();
+        assert_eq!(p.absent.len(), ABSENT_PER_DIRECTORY + 2);
+        assert_eq!(
+            p.absent.last().unwrap().path.to_string(),
+            "/usr/bin/python3.13"
+        );
     }
 }

@@ -84,6 +84,7 @@ impl Filesystem for ViewFs {
                 reply.entry(&self.ttl, &child.attr, Generation(0));
             }
             Ok(None) => {
+                self.record_absent(&parent_node, name);
                 // Node id 0 with a TTL: the kernel caches the negative entry.
                 let negative = FileAttr {
                     ino: INodeNo(0),

@@ -80,6 +80,8 @@ pub(crate) struct Node {
     /// when a dropped node is made anew, so its accesses are reported again:
     /// that is fine, the profile writer drops repeats.
     recorded: AtomicU8,
+    /// Absent names reported in this directory.
+    absent: AtomicUsize,
     /// Directory listing, built on first readdir.
     pub listing: OnceLock<Arc<Vec<DirEntry>>>,
     /// Visible xattrs, read on first use.
@@ -100,6 +102,7 @@ impl Node {
             resolved,
             lookups: AtomicU64::new(1),
             recorded: AtomicU8::new(0),
+            absent: AtomicUsize::new(0),
             listing: OnceLock::new(),
             xattrs: OnceLock::new(),
             outside: OnceLock::new(),
@@ -112,6 +115,13 @@ impl Node {
         let bit = kind.bit();
         self.recorded.load(Ordering::Relaxed) & bit == 0
             && self.recorded.fetch_or(bit, Ordering::Relaxed) & bit == 0
+    }
+
+    /// Claims one of `limit` absent names this directory node may report;
+    /// false when they are used up.
+    pub fn claim_absent(&self, limit: usize) -> bool {
+        self.absent.load(Ordering::Relaxed) < limit
+            && self.absent.fetch_add(1, Ordering::Relaxed) < limit
     }
 
     /// True when the node is a non-directory with several names (a hardlink

@@ -17,7 +17,7 @@ use super::stats::RequestStats;
 use super::{ReadMode, View, ViewOptions};
 use crate::layers::{LayerIdx, LayerStack, Resolved, xattr};
 use crate::policy::Policy;
-use crate::profile::{AccessKind, RecorderHandle};
+use crate::profile::{ABSENT_PER_DIRECTORY, AccessKind, RecorderHandle};
 
 /// A view as its FUSE operations serve it ([`super::fuse`] has them).
 pub(crate) struct ViewFs {
@@ -91,6 +91,19 @@ impl ViewFs {
             recorder.record(&rel, AccessKind::Lookup);
         } else if child.claim(AccessKind::Lookup) {
             recorder.record(&child.rel, AccessKind::Lookup);
+        }
+    }
+
+    /// Reports that `name` was looked up in `parent` and does not exist. The
+    /// kernel caches the negative answer, so a name comes back only after
+    /// the cache dropped it; a directory sends at most
+    /// [`ABSENT_PER_DIRECTORY`] names per node (the writer bounds the journal).
+    pub(super) fn record_absent(&self, parent: &Node, name: &OsStr) {
+        if let Some(recorder) = &self.recorder {
+            if parent.claim_absent(ABSENT_PER_DIRECTORY) {
+                let rel: Arc<Path> = Arc::from(parent.rel.join(name));
+                recorder.record(&rel, AccessKind::Absent);
+            }
         }
     }
 

@@ -4,40 +4,89 @@ use std::path::Path;
 
 use anyhow::Context;
 use clap::Args;
+use pare_fs::id;
 use pare_fs::policy::{self, Miss, MissesFile, Mode};
+use pare_fs::profile::{self, Profile};
+use pare_tools::compact::lacking;
+use serde::Serialize;
 
 /// List IMAGE's misses (accesses outside its allowed set in audit and
-/// enforce), in first-seen order.
+/// enforce), in first-seen order. For an image `pare compact` made, also the
+/// names its workload looked up under pare that it lacks and its source
+/// image has (kind `absent`).
 #[derive(Debug, Args)]
 pub struct MissesArgs {
     #[command(flatten)]
     node: super::NodeArgs,
-    /// Print JSON: {"image", "mode", "misses": [{"path", "kind", "first_seen_ns", "count", "processes"}]}.
+    /// Print JSON: {"image", "mode", "misses": [{"path", "kind", "first_seen_ns", "count", "processes"}]},
+    /// and "source_image" for a minimized image.
     #[arg(long)]
     json: bool,
+    /// The snapshotter a minimized image's source image is unpacked with
+    /// (its layers are searched for the names the minimized image lacks).
+    #[arg(long, default_value = "pare")]
+    snapshotter: String,
     /// The image.
     image: String,
 }
 
+/// What `pare misses --json` prints.
+#[derive(Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    file: MissesFile,
+    /// The source image's manifest digest, for an image pare compacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_image: Option<String>,
+}
+
 pub fn run(args: MissesArgs) -> anyhow::Result<()> {
-    let (chain, profile) = args.node.profile_path_of(&args.image)?;
-    let files = read_all(&profile)?;
+    let (chain, profile, lacking) = args.node.with_client(async |client| {
+        let image = client.image(&args.image).await?;
+        let profile = id::profile_path(&args.node.root, &image.top_chain_id);
+        let lacking = match lacking::source_of(&image)? {
+            None => None,
+            Some(source) => Some(match read_profile(&profile)? {
+                Some(recorded) => {
+                    lacking::lacking(client, &args.snapshotter, source, &recorded).await?
+                }
+                None => lacking::Lacking {
+                    source,
+                    misses: Vec::new(),
+                },
+            }),
+        };
+        Ok((image.top_chain_id, profile, lacking))
+    })?;
+    let mut files = read_all(&profile)?;
     let mode = policy::modes::read(&args.node.root, &chain)
         .ok()
         .flatten()
         .map(|e| e.mode)
         .or_else(|| files.last().map(|f| f.mode))
         .unwrap_or(Mode::Learn);
-    let out = MissesFile {
-        image: Some(args.image.clone()),
-        mode,
-        misses: merged(files),
+    let source_image = lacking.as_ref().map(|l| l.source.to_string());
+    let lacks = lacking.as_ref().map_or(0, |l| l.misses.len());
+    if let Some(lacking) = lacking {
+        files.push(MissesFile {
+            image: None,
+            mode,
+            misses: lacking.misses,
+        });
+    }
+    let out = Listed {
+        file: MissesFile {
+            image: Some(args.image.clone()),
+            mode,
+            misses: merged(files),
+        },
+        source_image,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    for m in &out.misses {
+    for m in &out.file.misses {
         let containers: Vec<&str> = m
             .processes
             .iter()
@@ -51,8 +100,26 @@ pub fn run(args: MissesArgs) -> anyhow::Result<()> {
             containers.join(",")
         );
     }
-    println!("{} misses ({mode})", out.misses.len());
+    println!("{} misses ({mode})", out.file.misses.len());
+    if let Some(source) = &out.source_image {
+        println!(
+            "{lacks} of them names this minimized image lacks and its source image {source} has"
+        );
+    }
     Ok(())
+}
+
+/// The profile at `path`, or `None` when none was recorded.
+fn read_profile(path: &Path) -> anyhow::Result<Option<Profile>> {
+    match profile::read(path) {
+        Ok(p) => Ok(Some(p)),
+        Err(profile::ReadError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Every misses file of the profile at `profile`.

@@ -14,6 +14,8 @@ struct ShowJson<'a> {
     /// Records were lost while the journal was written.
     incomplete: bool,
     entries: &'a [profile::Entry],
+    /// Names looked up that the image does not have.
+    absent: &'a [profile::Entry],
 }
 
 /// Inspect profiles.
@@ -21,7 +23,7 @@ struct ShowJson<'a> {
 pub enum ProfileCommand {
     /// Print a profile's entries in first-access order.
     Show {
-        /// Print JSON: {"image": ..., "incomplete": bool, "entries": [{"path", "first_access_ns", "accesses"}]}.
+        /// Print JSON: {"image": ..., "incomplete": bool, "entries": [{"path", "first_access_ns", "accesses"}], "absent": [same]}.
         #[arg(long)]
         json: bool,
         /// Where to look an image up (to find its profile).
@@ -180,6 +182,7 @@ fn show(json: bool, file: &Path) -> anyhow::Result<()> {
             image: profile.header.image.as_deref(),
             incomplete: profile.incomplete,
             entries: &profile.entries,
+            absent: &profile.absent,
         };
         return emit(&(serde_json::to_string_pretty(&out)? + "\n"));
     }
@@ -195,7 +198,7 @@ fn show(json: bool, file: &Path) -> anyhow::Result<()> {
             "incomplete: records were lost while this profile was written"
         )?;
     }
-    for entry in &profile.entries {
+    for entry in profile.entries.iter().chain(&profile.absent) {
         let kinds: Vec<&str> = entry.accesses.iter().map(|k| k.name()).collect();
         writeln!(
             text,
@@ -205,7 +208,12 @@ fn show(json: bool, file: &Path) -> anyhow::Result<()> {
             entry.path
         )?;
     }
-    writeln!(text, "{} paths", profile.entries.len())?;
+    writeln!(
+        text,
+        "{} paths, {} absent names",
+        profile.entries.len(),
+        profile.absent.len()
+    )?;
     emit(&text)
 }
 
@@ -355,6 +363,7 @@ mod tests {
                 image: p.header.image.as_deref(),
                 incomplete: p.incomplete,
                 entries: &p.entries,
+                absent: &p.absent,
             };
             let json = serde_json::to_value(&out).unwrap();
             assert_eq!(json["incomplete"], serde_json::Value::Bool(want));

@@ -5,6 +5,7 @@ pub mod allowed;
 pub mod closure;
 pub mod dpkg;
 pub mod elf;
+pub mod lacking;
 pub mod layer;
 pub mod plan;
 mod run;

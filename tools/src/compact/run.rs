@@ -73,6 +73,17 @@ pub enum CompactError {
     /// Talking to containerd failed.
     #[error(transparent)]
     Containerd(#[from] ContainerdError),
+    /// The image's source-image annotation is not a digest.
+    #[error(
+        "{image}: the annotation {} is not a manifest digest: {reason}",
+        crate::oci::ANNOTATION_SOURCE_IMAGE
+    )]
+    BadSourceAnnotation {
+        /// The image.
+        image: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The profile cannot be read.
     #[error(
         "no profile for {image} (chain {chain}) at {}: run the image under pare-snapshotter first, or pass --profile",

@@ -33,6 +33,14 @@ pub struct SourceImage {
     pub top_chain_id: ChainId,
 }
 
+impl SourceImage {
+    /// The manifest annotation `key`, if the manifest has it.
+    pub fn annotation(&self, key: &str) -> Option<String> {
+        let parsed: ImageManifest = parse_json(&self.manifest, "manifest").ok()?;
+        parsed.annotations().as_ref()?.get(key).cloned()
+    }
+}
+
 impl Client {
     /// The image `name`: its manifest (when the image is an index, the one for
     /// this machine's platform, `linux/<arch>`), config, layer descriptors,
@@ -82,6 +90,21 @@ impl Client {
                 "unsupported target media type {:?}",
                 target.media_type
             )));
+        };
+        self.image_of_manifest(name, manifest_digest).await
+    }
+
+    /// The image whose manifest is `manifest_digest` (in the content store
+    /// whether or not an image record names it); `name` names it in errors
+    /// and in the result.
+    pub async fn image_of_manifest(
+        &self,
+        name: &str,
+        manifest_digest: Digest,
+    ) -> Result<SourceImage, ContainerdError> {
+        let bad = |reason: String| ContainerdError::BadImage {
+            name: name.to_string(),
+            reason,
         };
         let manifest = self.read_blob(&manifest_digest).await?;
         let parsed: ImageManifest =

@@ -47,6 +47,12 @@ fn access() -> impl Strategy<Value = Access> {
                     .collect::<Vec<_>>()
                     .join(&b'/'),
             };
+            // The root always exists: it is never absent.
+            let kind = if rel.is_empty() && kind == AccessKind::Absent {
+                AccessKind::Lookup
+            } else {
+                kind
+            };
             Access {
                 rel: Arc::from(Path::new(OsStr::from_bytes(&rel))),
                 kind,
@@ -227,6 +233,7 @@ proptest! {
         let want = read_bytes(Path::new("p"), &clean[..cut_at]).expect("a clean prefix reads");
         prop_assert_eq!(profile.records, got.len() as u64);
         prop_assert_eq!(&profile.entries, &want.entries);
+        prop_assert_eq!(&profile.absent, &want.absent);
         prop_assert_eq!(profile.valid_len, end as u64);
         prop_assert_eq!(profile.torn_tail_bytes, (bytes.len() - end) as u64);
     }
@@ -245,23 +252,30 @@ fn a_written_journal_reads_back_every_first_access() {
         prop_assert_eq!(profile.torn_tail_bytes, 0);
         let written = records_of(&accesses);
         prop_assert_eq!(profile.records, written.len() as u64);
-        let mut want: Vec<(Vec<u8>, u64, Vec<AccessKind>)> = Vec::new();
+        // Absent names are a list of their own; every other kind makes the entries.
+        type Want = Vec<(Vec<u8>, u64, Vec<AccessKind>)>;
+        let (mut want, mut want_absent): (Want, Want) = (Vec::new(), Vec::new());
         for (ns, kind, path) in &written {
             let kind = AccessKind::from_code(*kind).expect("a written kind");
-            match want.iter_mut().find(|(p, _, _)| p == path) {
+            let list = if kind == AccessKind::Absent { &mut want_absent } else { &mut want };
+            match list.iter_mut().find(|(p, _, _)| p == path) {
                 Some((_, first, kinds)) => {
                     *first = (*first).min(*ns);
                     kinds.push(kind);
                 }
-                None => want.push((path.clone(), *ns, vec![kind])),
+                None => list.push((path.clone(), *ns, vec![kind])),
             }
         }
         want.sort_by_key(|(_, first, _)| *first);
-        let got: Vec<(Vec<u8>, u64, Vec<AccessKind>)> = profile
-            .entries
-            .iter()
-            .map(|e| (e.path.as_bytes().to_vec(), e.first_access_ns, e.accesses.clone()))
-            .collect();
+        want_absent.sort_by_key(|(_, first, _)| *first);
+        let shown = |entries: &[crate::profile::Entry]| -> Want {
+            entries
+                .iter()
+                .map(|e| (e.path.as_bytes().to_vec(), e.first_access_ns, e.accesses.clone()))
+                .collect()
+        };
+        prop_assert_eq!(shown(&profile.absent), want_absent);
+        let got = shown(&profile.entries);
         prop_assert_eq!(got, want);
     });
 }
