@@ -115,7 +115,7 @@ fn privileged_rollout_learn_audit_enforce_accept() -> Result<()> {
         // `ls /bin` lists exactly the allowed set's names there.
         let listed = ctr.run(IMAGE, "enforce-ls", "pare", &["ls", "/bin/"])?;
         let shown: BTreeSet<&str> = listed.lines().collect();
-        let allowed = AllowedSet::read(&allowed_path(&profile_path(&node.pare.root(), &chain)))?;
+        let allowed = AllowedSet::read(&allowed_path(&profile_path(node.pare.root(), &chain)))?;
         let bin = if built_bin_is_link(&allowed) {
             "/usr/bin/"
         } else {
