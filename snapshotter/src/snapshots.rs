@@ -19,10 +19,10 @@ mod recovery;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use pare_fs::id::{ChainId, profile_path};
-use pare_fs::policy::{AllowedSet, Mode, allowed_path, modes};
+use pare_fs::id::{ChainId, Digest, profile_path};
+use pare_fs::policy::{AllowedSet, Mode, PolicyError, allowed_path, modes};
 
 use crate::error::{Error, Result};
 use crate::filter::{Fields, Filter};
@@ -90,10 +90,13 @@ impl<M: ViewMounter> Snapshots<M> {
     }
 
     /// The view a new container of `chain` in `namespace` gets: the image's
-    /// own mode, else the namespace's; none for `off`. Audit and enforce
-    /// without a readable allowed set fall back to learn, with a warning.
+    /// own mode, else the namespace's; none for `off`. For audit and
+    /// enforce, also the bytes of the frozen allowed set, read once here
+    /// (the view is keyed by their digest and judges by exactly them, even
+    /// when `pare mode` freezes a new set meanwhile); without a readable
+    /// allowed set the container falls back to learn, with a warning.
     /// Reads small files; called without any lock held.
-    fn view_for(&self, namespace: &str, chain: &ChainId) -> Option<ViewKey> {
+    fn view_for(&self, namespace: &str, chain: &ChainId) -> Option<(ViewKey, Option<Arc<[u8]>>)> {
         let mode = match modes::read(&self.root, chain) {
             Ok(Some(entry)) => entry.mode,
             Ok(None) => (self.modes)(namespace),
@@ -105,14 +108,23 @@ impl<M: ViewMounter> Snapshots<M> {
         };
         match mode {
             Mode::Off => None,
-            Mode::Learn => Some(ViewKey::learn(chain.clone())),
+            Mode::Learn => Some((ViewKey::learn(chain.clone()), None)),
             Mode::Audit | Mode::Enforce => {
                 let allowed = allowed_path(&profile_path(&self.root, chain));
-                match AllowedSet::read_identified(&allowed) {
-                    Ok((_, digest)) => Some(ViewKey::judged(chain.clone(), mode, digest)),
+                let read = std::fs::read(&allowed)
+                    .map_err(|source| PolicyError::Io {
+                        path: allowed.clone(),
+                        source,
+                    })
+                    .and_then(|bytes| AllowedSet::check(&allowed, &bytes).map(|()| bytes));
+                match read {
+                    Ok(bytes) => {
+                        let key = ViewKey::judged(chain.clone(), mode, Digest::sha256(&bytes));
+                        Some((key, Some(Arc::from(bytes))))
+                    }
                     Err(e) => {
-                        tracing::warn!(%chain, %mode, error = %e, "no usable allowed set: the container runs in learn mode (freeze one with `pare mode`)");
-                        Some(ViewKey::learn(chain.clone()))
+                        tracing::warn!(%chain, %mode, allowed = %allowed.display(), error = %e, "no usable allowed set: the container runs in learn mode (freeze one with `pare mode`)");
+                        Some((ViewKey::learn(chain.clone()), None))
                     }
                 }
             }
@@ -132,14 +144,14 @@ impl<M: ViewMounter> Snapshots<M> {
         }
         // Containers of images in mode off get a plain kernel overlay of
         // the layers: no view, no FUSE cost.
-        let view = (!readonly && is_container_rootfs(key, parent, &labels))
+        let chosen = (!readonly && is_container_rootfs(key, parent, &labels))
             .then(|| {
                 let chain = ChainId::from_snapshot_name(split_key(parent).1);
                 self.view_for(split_key(key).0, &chain)
             })
             .flatten();
-        let role = match &view {
-            Some(view) => Role::container(parent, view),
+        let role = match &chosen {
+            Some((view, _)) => Role::container(parent, view),
             None => Role::Layer,
         };
         let dirs = self.dirs_lock();
@@ -190,11 +202,13 @@ impl<M: ViewMounter> Snapshots<M> {
         };
         drop(dirs);
         if let Some(view) = record.role.view_key() {
+            let frozen = chosen.and_then(|(_, bytes)| bytes);
             let started = self.chain_layers(parent).and_then(|layers| {
                 self.views.acquire(&Request {
                     user: key,
                     key: &view,
                     layers: &layers,
+                    allowed: frozen.clone(),
                 })
             });
             if let Err(e) = started {

@@ -34,6 +34,7 @@ impl<M: ViewMounter> Snapshots<M> {
                     user: &key,
                     key: &view,
                     layers: &layers,
+                    allowed: None,
                 };
                 if let Err(e) = self.views.restore(&req) {
                     tracing::error!(key, error = %e, "cannot restore the view of a container snapshot");

@@ -12,6 +12,7 @@
 //! liveness check remembers the entry's generation and acts on its answer
 //! only if the entry is still the one it checked.
 
+mod frozen;
 mod key;
 mod mounter;
 
@@ -81,6 +82,10 @@ pub struct Request<'a> {
     pub key: &'a ViewKey,
     /// The chain's layers, topmost first, with their snapshot ids.
     pub layers: &'a [(SnapshotId, PathBuf)],
+    /// Audit and enforce: the bytes of the allowed set, read once when the
+    /// view was chosen (none when restoring: the view's copy, or the image's
+    /// set if it is still the same, is used).
+    pub allowed: Option<Arc<[u8]>>,
 }
 
 impl<M: ViewMounter> Views<M> {
@@ -138,7 +143,10 @@ impl<M: ViewMounter> Views<M> {
             key: key.clone(),
             layers: req.layers.iter().map(|(_, d)| d.clone()).collect(),
             mountpoint: self.mountpoint(key),
-            allowed: key.allowed.as_ref().map(|_| allowed_path(&profile)),
+            allowed: key
+                .allowed
+                .as_ref()
+                .map(|_| frozen::copy_path(&self.mountpoint(key))),
             misses: key
                 .allowed
                 .as_ref()
@@ -222,7 +230,7 @@ impl<M: ViewMounter> Views<M> {
             self.changed.notify_all();
         }
         drop(table);
-        let started = self.start(&spec, adopt);
+        let started = self.start(&spec, adopt, req.allowed.as_deref());
         let mut table = self.table();
         let result = match started {
             Ok(handle) => {
@@ -234,6 +242,7 @@ impl<M: ViewMounter> Views<M> {
                 table.entries.remove(req.key);
                 // Under the lock: a next start of the view makes it anew.
                 let _ = std::fs::remove_dir(&spec.mountpoint);
+                frozen::remove(&spec.mountpoint);
                 Err(Error::View {
                     chain: req.key.chain.clone(),
                     source: e.into(),
@@ -244,7 +253,12 @@ impl<M: ViewMounter> Views<M> {
         result
     }
 
-    fn start(&self, spec: &ViewSpec, adopt: bool) -> std::result::Result<M::Handle, MountError> {
+    fn start(
+        &self,
+        spec: &ViewSpec,
+        adopt: bool,
+        allowed: Option<&[u8]>,
+    ) -> std::result::Result<M::Handle, MountError> {
         if adopt {
             match self.mounter.adopt(spec) {
                 Ok(Some(handle)) => {
@@ -261,6 +275,8 @@ impl<M: ViewMounter> Views<M> {
             path: spec.mountpoint.clone(),
             source,
         })?;
+        let current = allowed_path(&profile_path(&self.root, &spec.key.chain));
+        frozen::ensure(spec, allowed, &current)?;
         let handle = self.mounter.mount(spec)?;
         tracing::info!(view = %spec.key, mountpoint = %spec.mountpoint.display(), layers = spec.layers.len(), profiled = spec.profile.is_some(), "view mounted");
         Ok(handle)
@@ -286,6 +302,7 @@ impl<M: ViewMounter> Views<M> {
         let stopped = self.mounter.stop(&handle);
         if stopped.is_ok() {
             let _ = std::fs::remove_dir(self.mountpoint(key));
+            frozen::remove(&self.mountpoint(key));
         }
         let mut table = self.table();
         let result = match stopped {

@@ -19,7 +19,8 @@ pub struct ViewSpec {
     pub mountpoint: PathBuf,
     /// The profile journal, when accesses are recorded (learn).
     pub profile: Option<PathBuf>,
-    /// The allowed-set file judged by (audit, enforce); its digest is `key.allowed`.
+    /// The allowed-set file judged by (audit, enforce): the view's own copy
+    /// (`<mountpoint>.allowed`), whose digest is `key.allowed`.
     pub allowed: Option<PathBuf>,
     /// Where misses go (audit, enforce).
     pub misses: Option<PathBuf>,
@@ -36,6 +37,14 @@ pub enum MountError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The allowed set a judged view is to serve by could not be provided.
+    #[error("allowed set {path}: {reason}")]
+    Allowed {
+        /// The file read or written.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
     },
     /// The server process could not be started.
     #[error("cannot start the view server {program}: {source}")]

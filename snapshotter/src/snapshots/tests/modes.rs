@@ -79,7 +79,7 @@ fn containers_of_one_image_in_different_modes_use_different_views() {
         e.mounter.calls(),
         [
             "mount sha256-c2 [2,1] profiled=true".to_string(),
-            format!("mount {name} [2,1] profiled=false allowed=sha256:c2.allowed misses={misses}"),
+            format!("mount {name} [2,1] profiled=false allowed={name}.allowed misses={misses}"),
             "unmount sha256-c2".to_string(),
         ]
     );
