@@ -26,6 +26,10 @@ fn miss(path: &str, kind: AccessKind, first: u64, count: u64, containers: &[&str
     }
 }
 
+/// A row as the tests compare it: image, path, kind, count, containers,
+/// status.
+type Shown<'a> = (Side, &'a str, &'a str, u64, Vec<&'a str>, Status);
+
 fn views() -> (ImageView, ImageView) {
     let original = Tar::new()
         .dir("app")
@@ -64,7 +68,7 @@ fn each_miss_says_whether_the_minimized_image_keeps_its_path() {
         ..no_misses()
     };
     let section = section(&original, &minimized, &of_original, &of_minimized);
-    let shown: Vec<(Side, &str, &str, u64, Vec<&str>, Status)> = section
+    let shown: Vec<Shown> = section
         .entries
         .iter()
         .map(|r| {
