@@ -4,15 +4,21 @@
 //! setuid file, a file with capabilities and a dpkg status of 3 packages; a
 //! 1-layer minimized image that keeps the interpreter, the capability file
 //! and 1 package) are compared from their blobs, as JSON, text and HTML, with
-//! exact figures and the exact hardening section.
+//! exact figures and the exact hardening section. On a pare node, an audit
+//! run of an image that touches a path its minimized image does not keep
+//! shows in the report's misses section as a removed path, flagged.
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use pare_tests::containerd::Containerd;
+use pare_tests::images::MTIME;
 use pare_tests::mounts::Scratch;
+use pare_tests::node::{PareNode, import_tools_image};
 use pare_tests::oci::{BuiltImage, Image, Layer, vfs_cap_v2};
-use pare_tests::prereq::{CONTAINERD, Need, pare_bin, privileged};
+use pare_tests::poll::wait_for;
+use pare_tests::prereq::{CONTAINERD, Need, PARE_NODE, pare_bin, privileged};
 use serde_json::{Value, json};
 
 const ORIGINAL: &str = "docker.io/pare-tests/report:v1";
@@ -290,4 +296,91 @@ fn privileged_report_of_a_missing_image_is_one_error_line() -> Result<()> {
         "stderr: {stderr}"
     );
     Ok(())
+}
+
+#[test]
+fn privileged_report_flags_misses_of_removed_paths() -> Result<()> {
+    if !privileged("privileged_report_flags_misses_of_removed_paths", PARE_NODE) {
+        return Ok(());
+    }
+    const IMAGE: &str = "docker.io/pare-tests/report-misses:v1";
+    const SLIM: &str = "docker.io/pare-tests/report-misses:v1-pare";
+    let mut node = PareNode::start()?;
+    node.checked(|node| {
+        let mut app = Layer::new(MTIME);
+        app.dir("app", 0o755);
+        app.file("app/a", "a\n", 0o644);
+        app.file("app/b", "b\n", 0o644);
+        import_tools_image(node, IMAGE, &[], &app)?;
+        let ctr = node.ctr();
+
+        // learn /app/a only; the minimized image keeps it and not /app/b.
+        let out = ctr.run(IMAGE, "learn-1", "pare", &["cat", "/app/a"])?;
+        ensure!(out == "a\n", "{out:?}");
+        node.pare(&["compact", "--tag", SLIM, IMAGE])?;
+
+        // Nothing ran in audit yet: the section says so.
+        let text = node.pare(&["report", IMAGE, SLIM])?;
+        ensure!(
+            text.lines().any(|l| l
+                == "misses: no misses recorded: run the image in audit mode to see what the profile lacks"),
+            "{text}"
+        );
+
+        // audit: /app/b is outside the allowed set, and the minimized image
+        // does not have it.
+        node.pare(&["mode", IMAGE, "audit"])?;
+        let out = ctr.run(IMAGE, "audit-1", "pare", &["cat", "/app/a", "/app/b"])?;
+        ensure!(out == "a\nb\n", "audit serves everything: {out:?}");
+        let report = wait_for(Duration::from_secs(20), "the miss of /app/b in the report", || {
+            let report: Value = serde_json::from_str(&node.pare(&["report", "--json", IMAGE, SLIM])?)?;
+            let has_b = report["misses"]["entries"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|m| m["path"] == "/app/b" && m["kind"] == "read"));
+            Ok(has_b.then_some(report))
+        })?;
+        let misses = &report["misses"];
+        let entries = misses["entries"].as_array().context("entries")?;
+        let b = entries
+            .iter()
+            .find(|m| m["path"] == "/app/b" && m["kind"] == "read")
+            .context("the miss of /app/b")?;
+        ensure!(
+            b["image"] == "original"
+                && b["status"] == "removed"
+                && b["containers"] == json!(["audit-1"])
+                && b["count"].as_u64().is_some_and(|c| c >= 1),
+            "the miss of /app/b: {b}"
+        );
+        ensure!(
+            !entries.iter().any(|m| m["path"] == "/app/a"),
+            "/app/a is allowed: {misses}"
+        );
+        let removed = entries.iter().filter(|m| m["status"] == "removed").count();
+        ensure!(
+            misses["counts"]["removed"] == removed && misses["counts"]["total"] == entries.len(),
+            "counts agree with the list: {misses}"
+        );
+        ensure!(
+            misses["original"]["mode"] == "audit"
+                && misses["original"]["files"].as_u64().is_some_and(|f| f >= 1),
+            "{misses}"
+        );
+        let summary = if removed == 1 {
+            "1 miss names a removed path: the minimized image would fail there".to_string()
+        } else {
+            format!("{removed} misses name removed paths: the minimized image would fail there")
+        };
+        ensure!(misses["summary"] == summary.as_str(), "{misses}");
+
+        let text = node.pare(&["report", IMAGE, SLIM])?;
+        ensure!(
+            text.lines().any(|l| l.starts_with("! original  read ")
+                && l.contains(" removed  /app/b  audit-1")),
+            "the text flags /app/b:\n{text}"
+        );
+        ensure!(text.lines().any(|l| l == summary), "{text}");
+        Ok(())
+    })?;
+    node.stop()
 }

@@ -4,5 +4,6 @@
 
 pub mod compact;
 pub mod containerd;
+pub mod misses;
 pub mod oci;
 pub mod report;

@@ -110,7 +110,7 @@ pub fn run(cmd: ProfileCommand) -> anyhow::Result<()> {
 /// profile's own writer, then sets the misses files aside.
 fn accept(image: &str, chain: &pare_fs::id::ChainId, profile: &Path) -> anyhow::Result<()> {
     let files = pare_fs::policy::misses_files(profile)?;
-    let misses = super::misses::merged(super::misses::read_all(profile)?);
+    let misses = pare_tools::misses::merged(pare_tools::misses::read_all(profile)?);
     if misses.is_empty() {
         println!("{image}: no misses to accept");
         return Ok(());

@@ -20,6 +20,8 @@ use serde::Serialize;
 
 use super::hardening::{self, Hardening};
 use super::merge::{Merged, Node};
+use super::misses::{self, Misses};
+use crate::misses::ImageMisses;
 
 /// How many directories and packages the report lists.
 pub const TOP: usize = 15;
@@ -134,14 +136,23 @@ pub struct PackageRow {
 ///                              "used_by_workload": false}]}],
 ///     "packages": {"original": 3, "minimized": 1, "removed": 2,
 ///                  "still_visible": ["app"], "removed_names": ["docs", "tool"]}
+///   },
+///   "misses": {
+///     "summary": "1 miss names a removed path: the minimized image would fail there",
+///     "original": {"mode": "audit", "files": 1, "misses": 1, "lacking": 0},
+///     "minimized": {"mode": "learn", "files": 0, "misses": 0, "lacking": 0},
+///     "counts": {"total": 1, "kept": 0, "removed": 1, "absent": 0},
+///     "entries": [{"image": "original", "path": "/app/b", "kind": "read",
+///                  "first_seen_ns": 123, "count": 2, "containers": ["web-1"],
+///                  "status": "removed"}]
 ///   }
 /// }
 /// ```
 ///
 /// Ratios are minimized / original (`null` when the original's figure is
 /// 0); the lists hold at most [`TOP`] rows, largest removed bytes first
-/// (ties by name). `hardening` is described in [`hardening`]; its lists
-/// are complete.
+/// (ties by name). `hardening` is described in [`hardening`] and `misses`
+/// in [`misses`]; their lists are complete.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
     /// The image before.
@@ -158,10 +169,18 @@ pub struct Report {
     pub top_removed_packages: Vec<PackageRow>,
     /// What an attacker reaches for, before and after.
     pub hardening: Hardening,
+    /// What each image was asked for outside its allowed set, and whether
+    /// the minimized image keeps it.
+    pub misses: Misses,
 }
 
-/// Compares `original` and `minimized`.
-pub fn compare(original: &ImageView, minimized: &ImageView) -> Report {
+/// Compares `original` and `minimized`, with the misses recorded for each.
+pub fn compare(
+    original: &ImageView,
+    minimized: &ImageView,
+    of_original: &ImageMisses,
+    of_minimized: &ImageMisses,
+) -> Report {
     let (o, m) = (&original.summary, &minimized.summary);
     let ratio = |a: u64, b: u64| (b != 0).then(|| a as f64 / b as f64);
     let ratios = Ratios {
@@ -251,6 +270,7 @@ pub fn compare(original: &ImageView, minimized: &ImageView) -> Report {
         top_directories,
         top_removed_packages: packages,
         hardening: hardening::compare(original, minimized),
+        misses: misses::section(original, minimized, of_original, of_minimized),
     }
 }
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use super::Report;
 use super::hardening::Hardening;
+use super::misses::{Misses, Status};
 use super::text::{human_bytes, percent, status_words};
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;\
@@ -15,7 +16,8 @@ table{border-collapse:collapse;margin:1em 0}th,td{padding:.3em .8em;border-botto
 th{text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 svg text{font-size:12px;fill:#1f2328}.kept{fill:#2da44e}.removed{fill:#cf222e}\
 .legend span{display:inline-block;width:.8em;height:.8em;margin:0 .3em 0 1em;vertical-align:middle}\
-td.removed{color:#1a7f37}td.present,td.added{color:#cf222e}";
+td.removed{color:#1a7f37}td.present,td.added{color:#cf222e}\
+tr.fails td{background:#ffebe9}td.fails{color:#cf222e;font-weight:bold}";
 
 /// Bar colours (also in [`STYLE`]).
 const KEPT: &str = "#2da44e";
@@ -220,6 +222,7 @@ pub fn html(report: &Report) -> String {
         chart(&mut out, "removed packages by installed size", &bars);
     }
     hardening(&mut out, &report.hardening);
+    misses_section(&mut out, &report.misses);
     out.push_str("</body>\n</html>\n");
     out
 }
@@ -275,6 +278,43 @@ fn hardening(out: &mut String, hardening: &Hardening) {
     }
 }
 
+/// The misses section: its summary and a table of every miss, a missed
+/// removed path highlighted as where the minimized image would fail.
+fn misses_section(out: &mut String, section: &Misses) {
+    let _ = writeln!(out, "<h2>Misses</h2>\n<p>{}</p>", escape(&section.summary));
+    if section.none_recorded() {
+        return;
+    }
+    let (o, m) = (&section.original, &section.minimized);
+    let _ = writeln!(
+        out,
+        "<p>Original ({}): {} misses. Minimized image ({}): {} misses.</p>\n<table>\n\
+         <tr><th>image</th><th>path</th><th>kind</th><th>count</th><th>containers</th>\
+         <th>in the minimized image</th></tr>",
+        escape(&o.mode),
+        o.misses,
+        escape(&m.mode),
+        m.misses
+    );
+    for row in &section.entries {
+        let (class, status) = match row.status {
+            Status::Removed => (" class=\"fails\"", "removed: would fail"),
+            other => ("", other.name()),
+        };
+        let _ = writeln!(
+            out,
+            "<tr{class}><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td>\
+             <td>{}</td><td{class}>{status}</td></tr>",
+            row.image.name(),
+            escape(&row.path),
+            escape(&row.kind),
+            row.count,
+            escape(&row.containers.join(", ")),
+        );
+    }
+    out.push_str("</table>\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +327,49 @@ mod tests {
         );
         assert_eq!(clip("abcdef", 4), "abc…");
         assert_eq!(clip("abc", 4), "abc");
+    }
+
+    use crate::report::misses::{Counts, Recorded, Row, Side};
+
+    /// A misses section of `entries`, of which the first is removed.
+    fn misses(entries: Vec<Row>) -> Misses {
+        let recorded = |mode: &str, misses| Recorded {
+            mode: mode.into(),
+            files: 1,
+            misses,
+            source_image: None,
+            lacking: 0,
+        };
+        Misses {
+            summary: if entries.is_empty() {
+                crate::report::misses::NONE_RECORDED.into()
+            } else {
+                "1 miss names a removed path: the minimized image would fail there".into()
+            },
+            original: recorded("audit", 1),
+            minimized: recorded("learn", 1),
+            counts: Counts {
+                total: entries.len(),
+                kept: entries.len().saturating_sub(1),
+                removed: entries.len().min(1),
+                absent: 0,
+            },
+            entries,
+        }
+    }
+
+    #[test]
+    fn without_misses_the_section_says_none_are_recorded() {
+        let mut none = misses(Vec::new());
+        none.original.files = 0;
+        none.minimized.files = 0;
+        let mut out = String::new();
+        misses_section(&mut out, &none);
+        assert_eq!(
+            out,
+            "<h2>Misses</h2>\n<p>no misses recorded: run the image in audit mode to see what \
+             the profile lacks</p>\n"
+        );
     }
 
     #[test]
@@ -360,6 +443,26 @@ mod tests {
                     removed_names: vec!["perl-base".into()],
                 },
             },
+            misses: misses(vec![
+                Row {
+                    image: Side::Original,
+                    path: "/app/<b>".into(),
+                    kind: "read".into(),
+                    first_seen_ns: 1,
+                    count: 2,
+                    containers: vec!["web-1".into(), "web-2".into()],
+                    status: super::Status::Removed,
+                },
+                Row {
+                    image: Side::Minimized,
+                    path: "/app/a".into(),
+                    kind: "lookup".into(),
+                    first_seen_ns: 2,
+                    count: 1,
+                    containers: Vec::new(),
+                    status: super::Status::Kept,
+                },
+            ]),
         };
         let page = html(&report);
         assert_eq!(page.matches("<svg").count(), 2);
@@ -372,6 +475,12 @@ mod tests {
             "<tr><td><code>/usr/bin/sh</code></td><td class=\"present\">present</td><td></td></tr>",
             "<details><summary>still seen: 1</summary><p><code>libc6</code></p></details>",
             "<details><summary>no longer seen: 1</summary><p><code>perl-base</code></p></details>",
+            "<h2>Misses</h2>\n<p>1 miss names a removed path: the minimized image would fail there</p>",
+            "<p>Original (audit): 1 misses. Minimized image (learn): 1 misses.</p>",
+            "<tr class=\"fails\"><td>original</td><td><code>/app/&lt;b&gt;</code></td><td>read</td>\
+             <td class=\"n\">2</td><td>web-1, web-2</td><td class=\"fails\">removed: would fail</td></tr>",
+            "<tr><td>minimized</td><td><code>/app/a</code></td><td>lookup</td><td class=\"n\">1</td>\
+             <td></td><td>kept</td></tr>",
         ] {
             assert!(page.contains(needle), "{needle}\n{page}");
         }

@@ -1,12 +1,14 @@
 //! `pare report`: compares two images in containerd (typically an image and
 //! the one `pare compact` made from it) from their layer blobs: files, bytes,
 //! layers and packages before and after, and what was removed, by directory
-//! and by package; as text, JSON or a self-contained HTML page.
+//! and by package, the hardening, and the misses recorded for each image
+//! beside what was removed; as text, JSON or a self-contained HTML page.
 
 mod compare;
 pub mod hardening;
 mod html;
 pub mod merge;
+pub mod misses;
 pub mod packages;
 mod text;
 
@@ -18,6 +20,7 @@ pub use compare::{
 };
 pub use hardening::Hardening;
 pub use html::html;
+pub use misses::Misses;
 pub use text::{human_bytes, text};
 
 use crate::oci::digest_of;

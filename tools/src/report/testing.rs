@@ -1,10 +1,23 @@
-//! Test helpers: small layer tars built entry by entry, and images made of
-//! them.
+//! Test helpers: small layer tars built entry by entry, images made of
+//! them, and images with no misses.
 
 use tar::{EntryType, Header};
 
 use super::merge::Merged;
 use super::{ImageSummary, ImageView, packages};
+use crate::misses::ImageMisses;
+
+/// An image with no misses recorded.
+pub fn no_misses() -> ImageMisses {
+    ImageMisses {
+        chain: pare_fs::id::ChainId::from_snapshot_name("sha256:00"),
+        mode: pare_fs::policy::Mode::Learn,
+        files: 0,
+        source_image: None,
+        lacking: 0,
+        misses: Vec::new(),
+    }
+}
 
 /// Image `name` of `layers` (bottom first) with `packages` installed.
 pub fn view(name: &str, layers: Vec<Vec<u8>>, packages: &[(&str, u64)]) -> ImageView {

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use super::Report;
 use super::hardening::{Hardening, Status};
+use super::misses::{self, Misses};
 
 /// `bytes` in binary units with one decimal (`1.5 MiB`); plain bytes below 1 KiB.
 pub fn human_bytes(bytes: u64) -> String {
@@ -127,6 +128,7 @@ pub fn text(report: &Report) -> String {
         table(&mut out, &rows);
     }
     hardening(&mut out, &report.hardening);
+    misses_section(&mut out, &report.misses);
     out
 }
 
@@ -181,6 +183,42 @@ packages a vulnerability scanner still sees: {} of {} ({} removed)",
             let _ = writeln!(out, "  {name}");
         }
     }
+}
+
+/// What marks a miss of a removed path, in text.
+pub const REMOVED_MARK: &str = "!";
+
+/// The misses section: what was recorded for each image, one line per miss
+/// (a removed path marked with [`REMOVED_MARK`]), then the summary.
+fn misses_section(out: &mut String, section: &Misses) {
+    if section.none_recorded() {
+        let _ = writeln!(out, "\nmisses: {}", section.summary);
+        return;
+    }
+    let (o, m) = (&section.original, &section.minimized);
+    let _ = writeln!(
+        out,
+        "\nmisses: {} of the original ({}), {} of the minimized image ({})",
+        o.misses, o.mode, m.misses, m.mode
+    );
+    for row in &section.entries {
+        let mark = if row.status == misses::Status::Removed {
+            REMOVED_MARK
+        } else {
+            " "
+        };
+        let line = format!(
+            "{mark} {:<9} {:<8} {:>6}x  {:<7}  {}  {}",
+            row.image.name(),
+            row.kind,
+            row.count,
+            row.status.name(),
+            row.path,
+            row.containers.join(",")
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    let _ = writeln!(out, "{}", section.summary);
 }
 
 #[cfg(test)]
@@ -270,5 +308,64 @@ packages a vulnerability scanner still sees: 1 of 2 (1 removed)
   libc6
 ";
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn the_misses_flag_removed_paths_and_say_when_none_are_recorded() {
+        use crate::report::misses::{Counts, Recorded, Row, Side, Status};
+        let recorded = |mode: &str, misses| Recorded {
+            mode: mode.into(),
+            files: misses,
+            misses,
+            source_image: None,
+            lacking: 0,
+        };
+        let row = |path: &str, kind: &str, count, containers: &[&str], status| Row {
+            image: Side::Original,
+            path: path.into(),
+            kind: kind.into(),
+            first_seen_ns: 1,
+            count,
+            containers: containers.iter().map(|c| c.to_string()).collect(),
+            status,
+        };
+        let section = Misses {
+            summary: "1 miss names a removed path: the minimized image would fail there".into(),
+            original: recorded("audit", 2),
+            minimized: recorded("learn", 0),
+            counts: Counts {
+                total: 2,
+                kept: 1,
+                removed: 1,
+                absent: 0,
+            },
+            entries: vec![
+                row("/app/b", "read", 2, &["web-1", "web-2"], Status::Removed),
+                row("/app/a", "lookup", 1, &[], Status::Kept),
+            ],
+        };
+        let mut out = String::new();
+        misses_section(&mut out, &section);
+        let want = "
+misses: 2 of the original (audit), 0 of the minimized image (learn)
+! original  read          2x  removed  /app/b  web-1,web-2
+  original  lookup        1x  kept     /app/a
+1 miss names a removed path: the minimized image would fail there
+";
+        assert_eq!(out, want);
+
+        let none = Misses {
+            summary: misses::NONE_RECORDED.into(),
+            original: recorded("learn", 0),
+            minimized: recorded("learn", 0),
+            entries: Vec::new(),
+            ..section
+        };
+        let mut out = String::new();
+        misses_section(&mut out, &none);
+        assert_eq!(
+            out,
+            "\nmisses: no misses recorded: run the image in audit mode to see what the profile lacks\n"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Tests of the report figures on two small images.
 
 use super::*;
-use crate::report::testing::{Tar, view};
+use crate::report::testing::{Tar, no_misses, view};
 
 #[test]
 fn directories_are_grouped_deeper_under_usr() {
@@ -47,7 +47,7 @@ fn removed_files_bytes_and_packages_are_counted_and_ranked() {
         ],
         &[("app", 2048)],
     );
-    let report = compare(&original, &minimized);
+    let report = compare(&original, &minimized, &no_misses(), &no_misses());
     assert_eq!(report.ratios.layers, Some(1.0));
     assert_eq!(report.ratios.files, Some(2.0 / 7.0));
     assert_eq!(report.ratios.bytes, Some(12.0 / 1513.0));
@@ -90,7 +90,7 @@ fn removed_files_bytes_and_packages_are_counted_and_ranked() {
 #[test]
 fn empty_originals_give_null_ratios_and_lists_are_capped() {
     let empty = view("empty", vec![], &[]);
-    let report = compare(&empty, &empty);
+    let report = compare(&empty, &empty, &no_misses(), &no_misses());
     assert_eq!(report.ratios.bytes, None);
     assert!(report.top_directories.is_empty());
 
@@ -101,7 +101,7 @@ fn empty_originals_give_null_ratios_and_lists_are_capped() {
     let packages: Vec<(String, u64)> = (0..40).map(|i| (format!("p{i:02}"), i)).collect();
     let packages: Vec<(&str, u64)> = packages.iter().map(|(n, s)| (n.as_str(), *s)).collect();
     let original = view("many", vec![many.bytes()], &packages);
-    let report = compare(&original, &empty);
+    let report = compare(&original, &empty, &no_misses(), &no_misses());
     assert_eq!(report.top_directories.len(), TOP);
     assert_eq!(report.top_removed_packages.len(), TOP);
     assert_eq!(report.top_removed_packages[0].name, "p39");
