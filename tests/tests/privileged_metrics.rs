@@ -207,7 +207,7 @@ fn privileged_metrics_count_the_calls_views_and_file_accesses_of_a_container() -
         let s = scrape(port)?;
         ensure!(value(&s, "pare_image_mode", &[("chain", c), ("mode", "audit")]) == Some(1.0));
         ensure!(labels_of(&s, "pare_image_mode", &[("chain", c)])?.len() == 2);
-        let reads = vec!["cat /app/secret > /dev/null"; SECRET_READS].join(" && ");
+        let reads = ["cat /app/secret > /dev/null"; SECRET_READS].join(" && ");
         let script = format!("{reads} && exec sleep 600");
         ctr.run_detached(IMAGE, "auditor", "pare", &["sh", "-c", &script])?;
         let want_read = (
