@@ -179,8 +179,9 @@ async fn serve(config: Config, metrics_address: Option<SocketAddr>) -> Result<()
         Some(listener) => {
             let source = snapshots.clone();
             metrics.collect_views(ViewsCollector::new(
-                Arc::new(move || source.view_status()),
+                Arc::new(move || source.view_keys()),
                 views_dir,
+                root.clone(),
             ));
             let metrics = Arc::new(metrics);
             let rpc = metrics.rpc();

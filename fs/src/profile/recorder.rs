@@ -608,6 +608,7 @@ mod tests {
             rec.stats(),
             RecorderStats {
                 records_written: 3,
+                entries: 3,
                 ..RecorderStats::default()
             }
         );

@@ -83,6 +83,10 @@ pub struct RecorderStats {
     /// The journal is marked incomplete on disk (by this recorder, or it
     /// already was when the recorder opened it).
     pub incomplete: bool,
+    /// Distinct paths the profile holds as entries (touched in a way other
+    /// than `absent`), those already in the journal when it was opened
+    /// included; a record dropped as lost is not in it.
+    pub entries: u64,
 }
 
 /// The shared atomics behind [`RecorderStats`].
@@ -93,6 +97,7 @@ pub(crate) struct Counters {
     errors: AtomicU64,
     lost: AtomicU64,
     incomplete: AtomicBool,
+    entries: AtomicU64,
 }
 
 impl Counters {
@@ -103,8 +108,14 @@ impl Counters {
             write_errors: self.errors.load(Ordering::Relaxed),
             records_lost: self.lost.load(Ordering::Relaxed),
             incomplete: self.incomplete.load(Ordering::Relaxed),
+            entries: self.entries.load(Ordering::Relaxed),
         }
     }
+}
+
+/// True when `kinds` makes a profile entry: any kind but `absent`.
+fn is_entry(kinds: KindSet) -> bool {
+    kinds.0 & !AccessKind::Absent.bit() != 0
 }
 
 /// The journal as the recorder found or created it.
@@ -159,11 +170,14 @@ impl<S: Sink> Writer<S> {
             .incomplete
             .store(opened.flags & FLAG_INCOMPLETE != 0, Ordering::Relaxed);
         let mut absent_in: HashMap<Arc<Path>, usize> = HashMap::new();
+        let mut entries = 0;
         for (rel, kinds) in &opened.seen {
             if let (true, Some(dir)) = (kinds.contains(AccessKind::Absent), rel.parent()) {
                 *absent_in.entry(Arc::from(dir)).or_default() += 1;
             }
+            entries += u64::from(is_entry(*kinds));
         }
+        counters.entries.store(entries, Ordering::Relaxed);
         Writer {
             rx,
             sink: opened.sink,
@@ -243,9 +257,11 @@ impl<S: Sink> Writer<S> {
             return;
         }
         let set = self.seen.entry(access.rel.clone()).or_default();
+        let was_entry = is_entry(*set);
         if !set.insert(access.kind) {
             return;
         }
+        let new_entry = !was_entry && is_entry(*set);
         let rel = access.rel.as_os_str().as_bytes();
         let mut path = Vec::with_capacity(rel.len() + 1);
         path.push(b'/');
@@ -257,6 +273,9 @@ impl<S: Sink> Writer<S> {
                 self.lose(1);
                 return;
             }
+        }
+        if new_entry {
+            self.counters.entries.fetch_add(1, Ordering::Relaxed);
         }
         journal::encode_record(&mut self.pending, access.ns, access.kind as u8, &path);
         self.pending_records += 1;
@@ -627,6 +646,7 @@ mod tests {
                 write_errors: 1,
                 records_lost: 0,
                 incomplete: false,
+                entries: 4,
             }
         );
         assert_eq!(w.finish().unwrap(), 4);
@@ -757,6 +777,58 @@ mod tests {
         w.flush(Instant::now());
         assert_eq!(w.counters.snapshot().records_written, 1);
         assert_eq!(w.counters.snapshot().records_lost, 0);
+    }
+
+    #[test]
+    fn entries_count_paths_touched_other_than_absent_including_those_reopened() {
+        let sink = FakeSink::new();
+        let (mut w, _tx) = writer(&sink, 1 << 20);
+        let touch = |rel: &str, kind: AccessKind| Access {
+            rel: Arc::from(Path::new(rel)),
+            kind,
+            ns: 0,
+        };
+        w.push(touch("a", AccessKind::Lookup));
+        w.push(touch("a", AccessKind::Read));
+        w.push(absent("missing", 1));
+        w.push(touch("b", AccessKind::Readlink));
+        w.flush(Instant::now());
+        assert_eq!(w.counters.snapshot().entries, 2);
+        let p = read_bytes(Path::new("fake"), &sink.bytes()).unwrap();
+        assert_eq!(p.entries.len(), 2);
+
+        // Reopened: the journal's entries are counted, its absent names not.
+        let mut seen: HashMap<Arc<Path>, KindSet> = HashMap::new();
+        for (rel, kind) in [
+            ("a", AccessKind::Lookup),
+            ("a", AccessKind::Read),
+            ("missing", AccessKind::Absent),
+            ("b", AccessKind::Readlink),
+        ] {
+            seen.entry(Arc::from(Path::new(rel)))
+                .or_default()
+                .insert(kind);
+        }
+        let (_tx2, rx) = crossbeam_channel::unbounded();
+        let opened = Opened {
+            sink: sink.clone(),
+            path: "fake".into(),
+            len: sink.bytes().len() as u64,
+            flags: 0,
+            seen,
+        };
+        let mut w = Writer::new(opened, rx, Duration::ZERO, Limits::default());
+        assert_eq!(w.counters.snapshot().entries, 2);
+        w.push(absent("other", 2));
+        w.push(touch("b", AccessKind::Exec));
+        assert_eq!(w.counters.snapshot().entries, 2);
+        // A name first seen absent becomes an entry when it is touched otherwise.
+        w.push(touch("missing", AccessKind::Lookup));
+        w.push(touch("c", AccessKind::Readdir));
+        w.flush(Instant::now());
+        assert_eq!(w.counters.snapshot().entries, 4);
+        let p = read_bytes(Path::new("fake"), &sink.bytes()).unwrap();
+        assert_eq!(p.entries.len(), 4);
     }
 
     fn absent(rel: &str, ns: u64) -> Access {

@@ -1,9 +1,12 @@
 //! A view server's stats file (`<mountpoint>.stats`): its FUSE request
-//! counts and its profile recorder's counters, rewritten atomically every
-//! second while it serves, read by the snapshotter when it is scraped.
+//! counts, its profile recorder's counters (learn) or its misses (audit,
+//! enforce), rewritten atomically every second while it serves, read by the
+//! snapshotter when it is scraped. Fields added later default when absent,
+//! so files of an earlier version stay readable.
 
 use std::path::{Path, PathBuf};
 
+use pare_fs::policy::MissesFile;
 use pare_fs::profile::RecorderStats;
 use pare_fs::view::RequestCounts;
 use serde::{Deserialize, Serialize};
@@ -20,6 +23,28 @@ pub struct ViewStats {
     pub requests: RequestCounts,
     /// The profile recorder's counters; none when accesses are not recorded.
     pub profile: Option<ProfileStats>,
+    /// The misses of an audit or enforce view; none in learn mode.
+    #[serde(default)]
+    pub misses: Option<MissesStats>,
+}
+
+/// The misses of a view, as [`MissesFile`] holds them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissesStats {
+    /// Distinct misses: a path and a kind of access.
+    pub misses: u64,
+    /// Accesses counted over all misses.
+    pub accesses: u64,
+}
+
+impl MissesStats {
+    /// The counts of `file`.
+    pub fn new(file: &MissesFile) -> MissesStats {
+        MissesStats {
+            misses: file.misses.len() as u64,
+            accesses: file.misses.iter().map(|m| m.count).sum(),
+        }
+    }
 }
 
 /// A view's profile recorder, as [`RecorderStats`] counts it, and its journal.
@@ -37,6 +62,9 @@ pub struct ProfileStats {
     pub records_lost: u64,
     /// The journal is marked incomplete.
     pub incomplete: bool,
+    /// Distinct paths the profile holds as entries.
+    #[serde(default)]
+    pub entries: u64,
 }
 
 impl ProfileStats {
@@ -49,6 +77,7 @@ impl ProfileStats {
             write_errors: stats.write_errors,
             records_lost: stats.records_lost,
             incomplete: stats.incomplete,
+            entries: stats.entries,
         }
     }
 }
@@ -102,6 +131,10 @@ mod tests {
                 records_written: 2,
                 ..ProfileStats::default()
             }),
+            misses: Some(MissesStats {
+                misses: 2,
+                accesses: 5,
+            }),
         };
         stats.write(&mountpoint).unwrap();
         assert_eq!(ViewStats::read(&mountpoint), Some(stats));
@@ -109,5 +142,52 @@ mod tests {
         assert!(stats_path(&mountpoint).exists());
         ViewStats::remove_if_mine(&mountpoint, 7);
         assert!(!stats_path(&mountpoint).exists());
+    }
+
+    #[test]
+    fn a_stats_file_of_an_earlier_version_reads_without_misses_or_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mountpoint = dir.path().join("sha256-c1");
+        let mut old = serde_json::to_value(ViewStats {
+            pid: 7,
+            requests: pare_fs::view::RequestStats::default().snapshot(),
+            profile: Some(ProfileStats {
+                records_written: 2,
+                ..ProfileStats::default()
+            }),
+            misses: None,
+        })
+        .unwrap();
+        old.as_object_mut().unwrap().remove("misses");
+        old["profile"].as_object_mut().unwrap().remove("entries");
+        std::fs::write(stats_path(&mountpoint), old.to_string()).unwrap();
+        let read = ViewStats::read(&mountpoint).unwrap();
+        assert_eq!(read.misses, None);
+        assert_eq!(read.profile.unwrap().records_written, 2);
+    }
+
+    #[test]
+    fn misses_are_counted_by_path_and_kind_and_by_access() {
+        let misses = pare_fs::policy::Misses::new(None, pare_fs::policy::Mode::Audit);
+        for _ in 0..3 {
+            misses.record(
+                Path::new("etc/shadow"),
+                pare_fs::profile::AccessKind::Read,
+                0,
+            );
+        }
+        misses.record(
+            Path::new("etc/shadow"),
+            pare_fs::profile::AccessKind::Lookup,
+            0,
+        );
+        misses.record(Path::new("bin/sh"), pare_fs::profile::AccessKind::Exec, 0);
+        assert_eq!(
+            MissesStats::new(&misses.snapshot()),
+            MissesStats {
+                misses: 3,
+                accesses: 5
+            }
+        );
     }
 }

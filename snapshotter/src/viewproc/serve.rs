@@ -18,7 +18,7 @@ use pare_fs::profile::{Recorder, RecorderError, RecorderStats};
 use pare_fs::view::{self, ReadMode, RequestStats, Stopped, View, ViewOptions};
 
 use super::{ProcessId, ServerState, StateFileError};
-use crate::metrics::view_stats::{self, ProfileStats, ViewStats};
+use crate::metrics::view_stats::{self, MissesStats, ProfileStats, ViewStats};
 
 /// Arguments of `serve-view` (given by the snapshotter, not by people).
 #[derive(Clone, Debug, clap::Args)]
@@ -129,7 +129,7 @@ const BUSY_WAIT: Duration = Duration::from_secs(3);
 pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let result = start(&args);
     let mut stdout = std::io::stdout();
-    let (mounted, mut recorder, state, requests, misses_writer) = match result {
+    let (mounted, mut recorder, state, requests, judging) = match result {
         Ok(started) => {
             let _ = writeln!(stdout, "ready").and_then(|()| stdout.flush());
             started
@@ -150,9 +150,11 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     );
     let mut reported = RecorderStats::default();
     let mut stats_due = Instant::now();
+    let mut misses_counted = MissesCounted::default();
     while !term.load(Ordering::Relaxed) && !mounted.is_finished() {
         if args.stats && Instant::now() >= stats_due {
-            write_stats(&args, &state, &requests, recorder.as_ref());
+            let misses = judging.as_ref().map(|j| misses_counted.of(&j.misses));
+            write_stats(&args, &state, &requests, recorder.as_ref(), misses);
             stats_due = Instant::now() + view_stats::INTERVAL;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -198,8 +200,8 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         report(&args.image, recorder.finish());
     }
     ViewStats::remove_if_mine(&state.mountpoint, state.process.pid);
-    if let Some(writer) = misses_writer {
-        match writer.stop() {
+    if let Some(judging) = judging {
+        match judging.writer.stop() {
             Ok(()) => tracing::info!(image = %args.image, mode = %args.mode, "misses flushed"),
             Err(e) => tracing::error!(image = %args.image, error = %e, "misses flush failed"),
         }
@@ -213,17 +215,38 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// The misses' counts as of their last change: they are copied out only
+/// when they changed since.
+#[derive(Default)]
+struct MissesCounted {
+    changes: Option<u64>,
+    stats: MissesStats,
+}
+
+impl MissesCounted {
+    fn of(&mut self, misses: &Misses) -> MissesStats {
+        let changes = misses.changes();
+        if self.changes != Some(changes) {
+            self.stats = MissesStats::new(&misses.snapshot());
+            self.changes = Some(changes);
+        }
+        self.stats
+    }
+}
+
 /// Rewrites the stats file; a failure is logged and the view serves on.
 fn write_stats(
     args: &ServeArgs,
     state: &ServerState,
     requests: &RequestStats,
     recorder: Option<&Recorder>,
+    misses: Option<MissesStats>,
 ) {
     let stats = ViewStats {
         pid: state.process.pid,
         requests: requests.snapshot(),
         profile: recorder.map(|r| ProfileStats::new(r.stats(), r.path())),
+        misses,
     };
     if let Err(e) = stats.write(&state.mountpoint) {
         tracing::debug!(image = %args.image, error = %e, "cannot write the view's stats file");
@@ -259,9 +282,16 @@ fn open_profile(path: &std::path::Path, args: &ServeArgs) -> Result<Recorder, Se
     }
 }
 
-/// The policy of an audit or enforce view and the writer of its misses;
-/// none in learn mode.
-fn policy_of(args: &ServeArgs) -> Result<Option<(Policy, MissesWriter)>, ServeError> {
+/// What an audit or enforce view keeps of its policy while it serves: the
+/// misses (counted in the stats file) and their writer.
+struct Judging {
+    misses: Arc<Misses>,
+    writer: MissesWriter,
+}
+
+/// The policy of an audit or enforce view and what it keeps of it; none in
+/// learn mode.
+fn policy_of(args: &ServeArgs) -> Result<Option<(Policy, Judging)>, ServeError> {
     if !args.mode.has_policy() {
         return Ok(None);
     }
@@ -286,19 +316,19 @@ fn policy_of(args: &ServeArgs) -> Result<Option<(Policy, MissesWriter)>, ServeEr
     let writer = MissesWriter::start(misses.clone(), misses_file, policy::DEFAULT_FLUSH)?;
     tracing::info!(image = %args.image, mode = %args.mode, paths = allowed.len(), misses = %misses_file.display(), "judging accesses against the allowed set");
     Ok(Some((
-        Policy::new(args.mode, Arc::new(allowed), misses)?,
-        writer,
+        Policy::new(args.mode, Arc::new(allowed), misses.clone())?,
+        Judging { misses, writer },
     )))
 }
 
 /// A serving view: its mount, recorder, state file, request counters and
-/// misses writer.
+/// misses.
 type Started = (
     view::MountedView,
     Option<Recorder>,
     ServerState,
     Arc<RequestStats>,
-    Option<MissesWriter>,
+    Option<Judging>,
 );
 
 fn start(args: &ServeArgs) -> Result<Started, ServeError> {
@@ -315,7 +345,7 @@ fn start(args: &ServeArgs) -> Result<Started, ServeError> {
     if args.no_passthrough {
         options.read_mode = ReadMode::Pread;
     }
-    let (policy, misses_writer) = judged.unzip();
+    let (policy, judging) = judged.unzip();
     options.policy = policy;
     let view = View::new(stack, recorder.as_ref().map(Recorder::handle));
     let requests = view.requests();
@@ -342,5 +372,5 @@ fn start(args: &ServeArgs) -> Result<Started, ServeError> {
         return Err(e.into());
     }
     tracing::info!(image = %args.image, mountpoint = %args.mountpoint.display(), pid = state.process.pid, "view serving");
-    Ok((mounted, recorder, state, requests, misses_writer))
+    Ok((mounted, recorder, state, requests, judging))
 }
