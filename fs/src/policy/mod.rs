@@ -34,7 +34,7 @@ pub use allowed::{AllowedSet, Rules};
 pub use caller::{container_of_cgroup, resolve};
 pub use misses::{MAX_PROCESSES, Miss, MissProcess, Misses, MissesFile, read_misses};
 pub use modes::ModeEntry;
-pub use writer::{DEFAULT_FLUSH, MissesWriter};
+pub use writer::{Claim, DEFAULT_FLUSH, MissesWriter, claim};
 
 /// How an image's containers see its files.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

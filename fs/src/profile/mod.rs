@@ -23,6 +23,7 @@ mod writer;
 pub use access::{ABSENT_PER_DIRECTORY, Access, AccessKind, KindSet};
 pub use aside::set_aside;
 pub use lock::is_recording;
+pub(crate) use lock::try_lock;
 pub use path::{ImagePath, PathError};
 pub use reader::{Entry, Profile, ReadError, read, read_bytes};
 pub use recorder::{Recorder, RecorderError, RecorderHandle};

@@ -308,12 +308,16 @@ fn policy_of(args: &ServeArgs) -> Result<Option<(Policy, Judging)>, ServeError> 
             found,
         });
     }
+    // Another server of this view may still serve a running container
+    // (detached, in use): the claim gives this one a file of its own then.
+    let claim = policy::claim(misses_file)?;
+    let misses_file = claim.path().to_path_buf();
     let misses = Arc::new(Misses::continue_from(
-        misses_file,
+        &misses_file,
         Some(args.image.to_string()),
         args.mode,
     )?);
-    let writer = MissesWriter::start(misses.clone(), misses_file, policy::DEFAULT_FLUSH)?;
+    let writer = MissesWriter::start(misses.clone(), claim, policy::DEFAULT_FLUSH)?;
     tracing::info!(image = %args.image, mode = %args.mode, paths = allowed.len(), misses = %misses_file.display(), "judging accesses against the allowed set");
     Ok(Some((
         Policy::new(args.mode, Arc::new(allowed), misses.clone())?,

@@ -80,8 +80,9 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         opts.read_mode = ReadMode::Pread;
     }
     let mut misses_writer = None;
-    if let Some((policy, misses, path)) = policy {
-        let writer = MissesWriter::start(misses, &path, policy::DEFAULT_FLUSH)
+    if let Some((policy, misses, claim)) = policy {
+        let path = claim.path().to_path_buf();
+        let writer = MissesWriter::start(misses, claim, policy::DEFAULT_FLUSH)
             .with_context(|| format!("cannot keep misses in {}", path.display()))?;
         misses_writer = Some(writer);
         opts.policy = Some(policy);
@@ -134,7 +135,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
 }
 
 /// The policy of `--mode` (none in learn mode), its misses, and the file they go to.
-fn policy_of(args: &MountArgs) -> anyhow::Result<Option<(Policy, Arc<Misses>, PathBuf)>> {
+fn policy_of(args: &MountArgs) -> anyhow::Result<Option<(Policy, Arc<Misses>, policy::Claim)>> {
     match args.mode {
         Mode::Learn => {
             anyhow::ensure!(
@@ -161,6 +162,9 @@ fn policy_of(args: &MountArgs) -> anyhow::Result<Option<(Policy, Arc<Misses>, Pa
         None => beside_profile("misses", policy::misses_path)?,
     };
     let allowed = AllowedSet::read(&allowed_file).context("cannot read the allowed set")?;
+    let claim = policy::claim(&misses_file)
+        .with_context(|| format!("cannot keep misses in {}", misses_file.display()))?;
+    let misses_file = claim.path().to_path_buf();
     let misses = Misses::continue_from(&misses_file, args.image.clone(), args.mode)
         .context("cannot continue the misses")?;
     let misses = Arc::new(misses);
@@ -172,5 +176,5 @@ fn policy_of(args: &MountArgs) -> anyhow::Result<Option<(Policy, Arc<Misses>, Pa
         "judging accesses against the allowed set"
     );
     let policy = Policy::new(args.mode, Arc::new(allowed), misses.clone())?;
-    Ok(Some((policy, misses, misses_file)))
+    Ok(Some((policy, misses, claim)))
 }

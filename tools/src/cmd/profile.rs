@@ -234,12 +234,12 @@ fn last_access_unix_ns(p: &profile::Profile) -> u64 {
 }
 
 /// True for files beside profiles that are not journals: merge temporaries,
-/// journals set aside as corrupt, frozen allowed sets and misses files (also
-/// once accepted).
+/// journals set aside as corrupt, frozen allowed sets, misses files (also
+/// once accepted) and their writers' locks.
 fn not_a_journal(path: &Path) -> bool {
     let name = path.file_name().map(|n| n.to_string_lossy());
     path.extension()
-        .is_some_and(|e| e == "pare-tmp" || e == "allowed" || e == "misses")
+        .is_some_and(|e| e == "pare-tmp" || e == "allowed" || e == "misses" || e == "lock")
         || name.is_some_and(|n| n.contains(".corrupt-") || n.contains(".accepted-"))
 }
 
@@ -380,6 +380,8 @@ mod tests {
             ("sha256:abc.allowed", true),
             ("sha256:abc.misses", true),
             ("sha256:abc.enforce-0123456789ab.misses", true),
+            ("sha256:abc.enforce-0123456789ab.2.misses", true),
+            ("sha256:abc.enforce-0123456789ab.misses.lock", true),
             (
                 "sha256:abc.audit-0123456789ab.misses.accepted-1700000000",
                 true,
