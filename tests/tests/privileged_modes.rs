@@ -35,7 +35,9 @@ fn privileged_learn_audit_enforce_and_accept() -> Result<()> {
         import_tools_image(node, IMAGE, &[], &app)?;
         let ctr = node.ctr();
 
-        // learn: the profile grows with what the workload uses.
+        // learn: the profile grows with what the workload uses. One learn
+        // container keeps running (its view records the profile).
+        ctr.run_detached(IMAGE, "learn-long", "pare", &["sleep", "600"])?;
         let out = ctr.run(
             IMAGE,
             "learn-1",
@@ -94,6 +96,22 @@ fn privileged_learn_audit_enforce_and_accept() -> Result<()> {
         );
         let out = ctr.run(IMAGE, "enforce-3", "pare", &["cat", "/app/a"])?;
         ensure!(out == "a\n", "{out:?}");
+
+        // accept refuses, changing nothing, while a learn view records.
+        let err = node
+            .pare(&["profile", "accept", IMAGE])
+            .expect_err("the learn view of learn-long holds the profile");
+        ensure!(
+            format!("{err:#}").contains("a learn view records its profile"),
+            "{err:#}"
+        );
+        ensure!(
+            misses(node)?["misses"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|m| m["path"] == "/app/b")),
+            "the misses are kept"
+        );
+        ctr.remove("learn-long")?;
 
         // accept: the misses join the profile; the next enforce shows /app/b.
         // The learn view may still hold the profile until its snapshot is

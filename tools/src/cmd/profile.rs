@@ -115,12 +115,21 @@ fn accept(image: &str, chain: &pare_fs::id::ChainId, profile: &Path) -> anyhow::
         println!("{image}: no misses to accept");
         return Ok(());
     }
-    let recorder = profile::Recorder::open(
+    let recorder = match profile::Recorder::open(
         profile,
         Some(chain.to_string()),
         std::time::Duration::from_millis(10),
-    )
-    .with_context(|| format!("cannot add to the profile {}", profile.display()))?;
+    ) {
+        Ok(recorder) => recorder,
+        Err(profile::RecorderError::Busy { path }) => anyhow::bail!(
+            "cannot accept the misses of {image} yet: a learn view records its profile {} (a container started while the image was in learn mode still runs); nothing was changed, accept again once it stopped",
+            path.display()
+        ),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot add to the profile {}", profile.display()));
+        }
+    };
     let handle = recorder.handle();
     for miss in &misses {
         let rel: std::sync::Arc<Path> = std::sync::Arc::from(miss.path.rel());
