@@ -103,6 +103,17 @@ impl PareNode {
     }
 }
 
+/// An application layer of `/app` holding one small file per name, each
+/// holding its name and a newline (`/app/a` holds `a\n`).
+pub fn app_layer(names: &[&str]) -> Layer {
+    let mut app = Layer::new(MTIME);
+    app.dir("app", 0o755);
+    for name in names {
+        app.file(&format!("app/{name}"), format!("{name}\n"), 0o644);
+    }
+    app
+}
+
 /// An image named `name` of the host's tools ([`DEFAULT_TOOLS`] and `extra`)
 /// with `app` on top, written as an OCI archive to `tarball`.
 pub fn tools_image(name: &str, extra: &[&str], app: &Layer, tarball: &Path) -> Result<BuiltImage> {

@@ -52,18 +52,9 @@ pub const PARE_NODE: &[Need] = &[
     Need::Command("getfattr"),
 ];
 
-/// What a test running the Debian images on pare needs: [`PARE_NODE`] and
-/// debootstrap (the cached rootfs is built on first use).
-pub const DEBIAN_NODE: &[Need] = &[
-    Need::Root,
-    Need::Fuse,
-    Need::Overlay,
-    Need::Command("containerd"),
-    Need::Command("ctr"),
-    Need::Command("runc"),
-    Need::Command("getfattr"),
-    Need::Command("debootstrap"),
-];
+/// What a test of the Debian images needs beside [`PARE_NODE`]: debootstrap
+/// (the cached rootfs is built on first use).
+pub const DEBIAN: &[Need] = &[Need::Command("debootstrap")];
 
 /// Full path of `cmd` on `PATH`.
 pub fn which(cmd: &str) -> Option<PathBuf> {

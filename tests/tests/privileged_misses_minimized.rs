@@ -6,9 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use pare_tests::images::MTIME;
-use pare_tests::node::{PareNode, import_tools_image};
-use pare_tests::oci::Layer;
+use pare_tests::node::{PareNode, app_layer, import_tools_image};
 use pare_tests::poll::wait_for;
 use pare_tests::prereq::{PARE_NODE, privileged};
 
@@ -25,10 +23,7 @@ fn privileged_misses_names_what_a_minimized_image_lacks() -> Result<()> {
     }
     let mut node = PareNode::start()?;
     node.checked(|node| {
-        let mut app = Layer::new(MTIME);
-        app.dir("app", 0o755);
-        app.file("app/a", "a\n", 0o644);
-        app.file("app/b", "b\n", 0o644);
+        let app = app_layer(&["a", "b"]);
         let built = import_tools_image(node, IMAGE, &[], &app)?;
         let ctr = node.ctr();
 

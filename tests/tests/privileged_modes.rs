@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use pare_tests::images::MTIME;
-use pare_tests::node::{PareNode, import_tools_image};
-use pare_tests::oci::Layer;
+use pare_tests::node::{PareNode, app_layer, import_tools_image};
 use pare_tests::poll::{eventually, wait_for};
 use pare_tests::prereq::{PARE_NODE, privileged};
 
@@ -27,11 +25,7 @@ fn privileged_learn_audit_enforce_and_accept() -> Result<()> {
     }
     let mut node = PareNode::start()?;
     node.checked(|node| {
-        let mut app = Layer::new(MTIME);
-        app.dir("app", 0o755);
-        app.file("app/a", "a\n", 0o644);
-        app.file("app/b", "b\n", 0o644);
-        app.file("app/c", "c\n", 0o644);
+        let app = app_layer(&["a", "b", "c"]);
         import_tools_image(node, IMAGE, &[], &app)?;
         let ctr = node.ctr();
 

@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use pare_tests::containerd::Containerd;
-use pare_tests::images::MTIME;
 use pare_tests::mounts::Scratch;
-use pare_tests::node::{PareNode, import_tools_image};
+use pare_tests::node::{PareNode, app_layer, import_tools_image};
 use pare_tests::oci::{BuiltImage, Image, Layer, vfs_cap_v2};
 use pare_tests::poll::wait_for;
 use pare_tests::prereq::{CONTAINERD, Need, PARE_NODE, pare_bin, privileged};
@@ -307,10 +306,7 @@ fn privileged_report_flags_misses_of_removed_paths() -> Result<()> {
     const SLIM: &str = "docker.io/pare-tests/report-misses:v1-pare";
     let mut node = PareNode::start()?;
     node.checked(|node| {
-        let mut app = Layer::new(MTIME);
-        app.dir("app", 0o755);
-        app.file("app/a", "a\n", 0o644);
-        app.file("app/b", "b\n", 0o644);
+        let app = app_layer(&["a", "b"]);
         import_tools_image(node, IMAGE, &[], &app)?;
         let ctr = node.ctr();
 

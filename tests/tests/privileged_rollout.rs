@@ -15,7 +15,7 @@ use pare_tests::debian;
 use pare_tests::node::PareNode;
 use pare_tests::oci::{Image, ImageConfig};
 use pare_tests::poll::{eventually, wait_for};
-use pare_tests::prereq::{DEBIAN_NODE, privileged};
+use pare_tests::prereq::{DEBIAN, PARE_NODE, privileged};
 
 const IMAGE: &str = "docker.io/pare-tests/rollout-python:bookworm";
 
@@ -33,7 +33,8 @@ const WITH_LS: [&str; 4] = ["--include-exec", "/usr/bin/ls", "--include", "/bin"
 
 #[test]
 fn privileged_rollout_learn_audit_enforce_accept() -> Result<()> {
-    if !privileged("privileged_rollout_learn_audit_enforce_accept", DEBIAN_NODE) {
+    let name = "privileged_rollout_learn_audit_enforce_accept";
+    if !(privileged(name, PARE_NODE) && privileged(name, DEBIAN)) {
         return Ok(());
     }
     let base = debian::dir_layer(&debian::rootfs()?)?;

@@ -7,11 +7,19 @@ use pare_tests::containerd::Containerd;
 use pare_tests::debian;
 use pare_tests::mounts::Scratch;
 use pare_tests::oci::{Image, ImageConfig};
-use pare_tests::prereq::{DEBIAN_NODE, Need, pare_bin, privileged};
+use pare_tests::prereq::{Need, pare_bin, privileged};
 use pare_tests::snapshotter::PareSnapshotter;
 use pare_tests::story::{self, Options};
 
-const NEEDS: &[Need] = DEBIAN_NODE;
+const NEEDS: &[Need] = &[
+    Need::Root,
+    Need::Fuse,
+    Need::Overlay,
+    Need::Command("containerd"),
+    Need::Command("ctr"),
+    Need::Command("runc"),
+    Need::Command("debootstrap"),
+];
 
 #[test]
 fn privileged_demo_story_runs_shortened() -> Result<()> {

@@ -579,6 +579,19 @@ mod tests {
         (Writer::new(opened, rx, Duration::ZERO, limits), tx)
     }
 
+    /// A writer appending to what `sink` holds, whose journal had `seen`.
+    fn reopened(sink: &FakeSink, seen: HashMap<Arc<Path>, KindSet>) -> Writer<FakeSink> {
+        let (_tx, rx) = crossbeam_channel::unbounded();
+        let opened = Opened {
+            sink: sink.clone(),
+            path: "fake".into(),
+            len: sink.bytes().len() as u64,
+            flags: 0,
+            seen,
+        };
+        Writer::new(opened, rx, Duration::ZERO, Limits::default())
+    }
+
     fn access(i: usize) -> Access {
         Access {
             rel: Arc::from(Path::new(&format!("f{i:03}"))),
@@ -809,15 +822,7 @@ mod tests {
                 .or_default()
                 .insert(kind);
         }
-        let (_tx2, rx) = crossbeam_channel::unbounded();
-        let opened = Opened {
-            sink: sink.clone(),
-            path: "fake".into(),
-            len: sink.bytes().len() as u64,
-            flags: 0,
-            seen,
-        };
-        let mut w = Writer::new(opened, rx, Duration::ZERO, Limits::default());
+        let mut w = reopened(&sink, seen);
         assert_eq!(w.counters.snapshot().entries, 2);
         w.push(absent("other", 2));
         w.push(touch("b", AccessKind::Exec));
@@ -875,15 +880,7 @@ mod tests {
             kinds.insert(AccessKind::Absent);
             seen.insert(Arc::from(e.path.rel()), kinds);
         }
-        let (_tx2, rx) = crossbeam_channel::unbounded();
-        let opened = Opened {
-            sink: sink.clone(),
-            path: "fake".into(),
-            len: sink.bytes().len() as u64,
-            flags: 0,
-            seen,
-        };
-        let mut w = Writer::new(opened, rx, Duration::ZERO, Limits::default());
+        let mut w = reopened(&sink, seen);
         w.push(absent("tmp/later", 600));
         w.push(absent("usr/bin/python3.13", 601));
         w.flush(Instant::now());
