@@ -53,7 +53,14 @@ impl Workload {
     pub fn command(self, node: &Node, id: &str, column: Column, parent: &str) -> Command {
         let snapshotter = column.snapshotter().name();
         if self == Workload::Prepare {
-            let args = ["snapshots", "--snapshotter", snapshotter, "prepare", id, parent];
+            let args = [
+                "snapshots",
+                "--snapshotter",
+                snapshotter,
+                "prepare",
+                id,
+                parent,
+            ];
             return node.ctr_command(&args);
         }
         let image = self.image().reference(column.mode());
@@ -157,7 +164,12 @@ pub enum Column {
 
 impl Column {
     /// Every column, in the order runs are interleaved and printed.
-    pub const ALL: [Column; 4] = [Column::Overlayfs, Column::Learn, Column::Audit, Column::Enforce];
+    pub const ALL: [Column; 4] = [
+        Column::Overlayfs,
+        Column::Learn,
+        Column::Audit,
+        Column::Enforce,
+    ];
 
     /// The columns on pare.
     pub const PARE: [Column; 3] = [Column::Learn, Column::Audit, Column::Enforce];
@@ -235,7 +247,10 @@ mod tests {
         let cases = [
             ("/r/views/sha256-ab", Some(Column::Learn)),
             ("/r/views/sha256-ab.audit-0123456789ab", Some(Column::Audit)),
-            ("/r/views/sha256-ab.enforce-0123456789ab", Some(Column::Enforce)),
+            (
+                "/r/views/sha256-ab.enforce-0123456789ab",
+                Some(Column::Enforce),
+            ),
             ("/r/views/sha256-ab.off-0123456789ab", None),
             ("/r/elsewhere/ab", None),
         ];

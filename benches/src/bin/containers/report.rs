@@ -63,7 +63,10 @@ pub fn print_table(args: &Args, machine: &Machine, bench: &Bench) {
     for w in Workload::ALL {
         for state in State::ALL {
             let diagnostic = if w.has_target() { "" } else { " (diagnostic)" };
-            print!("{:<52}", format!("{}, {}{diagnostic}", w.label(), state.label()));
+            print!(
+                "{:<52}",
+                format!("{}, {}{diagnostic}", w.label(), state.label())
+            );
             for ratio in bench.ratios(w, state) {
                 print!("{:>24}", ratio.verdict());
             }
@@ -79,7 +82,11 @@ pub fn print_table(args: &Args, machine: &Machine, bench: &Bench) {
                 format!("{} {n}", c.mode())
             })
             .collect();
-        println!("pare views mounted, {}: {}", state.label(), mounts.join(", "));
+        println!(
+            "pare views mounted, {}: {}",
+            state.label(),
+            mounts.join(", ")
+        );
     }
     let misses: Vec<String> = bench
         .misses
@@ -92,7 +99,10 @@ pub fn print_table(args: &Args, machine: &Machine, bench: &Bench) {
         .iter()
         .map(|(w, out)| format!("{}: {out:?}", w.key()))
         .collect();
-    println!("every run printed as its workload's first: {}", outputs.join("; "));
+    println!(
+        "every run printed as its workload's first: {}",
+        outputs.join("; ")
+    );
     println!("load average at the end: {}", load_average());
 }
 
@@ -130,9 +140,7 @@ pub fn to_json(args: &Args, machine: &Machine, bench: &Bench) -> serde_json::Val
     }
     let mut view_mounts = serde_json::Map::new();
     for ((state, column), n) in &bench.view_mounts {
-        let entry = view_mounts
-            .entry(state.key())
-            .or_insert_with(|| json!({}));
+        let entry = view_mounts.entry(state.key()).or_insert_with(|| json!({}));
         entry[column.mode().name()] = json!(n);
     }
     let mut misses = serde_json::Map::new();
