@@ -1,6 +1,9 @@
 //! The container bench's images as OCI archives, built once and cached beside
 //! the Debian rootfs: "tools" (a few host binaries, one layer) and "python"
-//! (the Debian python3 rootfs in the two layers of [`crate::layers`]).
+//! (the Debian python3 rootfs in the two layers of [`crate::layers`]), each in
+//! one variant per pare mode under test. A mode is set per image chain, so the
+//! variants differ only by one tiny top layer (a file naming the mode): their
+//! chain IDs, profiles and modes are distinct, their trees all but equal.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -10,7 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, ensure};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use pare_fs::id::ChainId;
-use pare_tests::oci::{Image, ImageConfig, host_tools_layer};
+use pare_fs::policy::Mode;
+use pare_tests::oci::{Image, ImageConfig, Layer, host_tools_layer};
 use pare_tools::oci::{diff_ids, digest_of, parse_json};
 use sha2::{Digest as _, Sha256};
 
@@ -18,25 +22,58 @@ use crate::layers;
 use pare_tests::debian;
 
 /// Bump when an image below changes, so the cache key changes with it.
-const RECIPE: &str = "v1: tools = host_tools_layer(sh, true, cat, sleep) at MTIME; \
-                      python = layers::split (base, top), dev/proc/sys empty, gzip 6";
+const RECIPE: &str = "v2: tools = host_tools_layer(sh, true, cat, sleep) at MTIME; \
+                      python = layers::split (base, top), dev/proc/sys empty, gzip 6; \
+                      each + variant layer /.pare-bench-variant = mode name, per MODES";
 
 /// mtime of the tools layer's entries.
 const MTIME: u64 = 1_700_000_000;
 
-/// The two images, as OCI archives for `ctr images import`.
-#[derive(Debug, Clone)]
-pub struct Archives {
-    /// The tools image ([`TOOLS`]).
-    pub tools: PathBuf,
-    /// The python image ([`PYTHON`]).
-    pub python: PathBuf,
+/// The pare modes the bench runs the images in, one image variant each
+/// (overlayfs runs the learn variant).
+pub const MODES: [Mode; 3] = [Mode::Learn, Mode::Audit, Mode::Enforce];
+
+/// The bench's images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BenchImage {
+    /// A few host binaries in one layer: the fixed cost of a container.
+    Tools,
+    /// The Debian python3 rootfs in two layers.
+    Python,
 }
 
-/// Reference of the tools image.
-pub const TOOLS: &str = "docker.io/pare/bench-tools:v1";
-/// Reference of the python image.
-pub const PYTHON: &str = "docker.io/pare/bench-python:v1";
+impl BenchImage {
+    /// Both.
+    pub const ALL: [BenchImage; 2] = [BenchImage::Tools, BenchImage::Python];
+
+    /// Short name, as in references and archive names.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchImage::Tools => "tools",
+            BenchImage::Python => "python",
+        }
+    }
+
+    /// The reference of the variant for `mode`, e.g.
+    /// `docker.io/pare/bench-python:v2-audit`.
+    pub fn reference(self, mode: Mode) -> String {
+        format!("docker.io/pare/bench-{}:v2-{mode}", self.name())
+    }
+}
+
+/// Where the archives are: one OCI archive per image and variant, for
+/// `ctr images import`.
+#[derive(Debug, Clone)]
+pub struct Archives {
+    dir: PathBuf,
+}
+
+impl Archives {
+    /// The archive of `image`'s variant for `mode` (one of [`MODES`]).
+    pub fn archive(&self, image: BenchImage, mode: Mode) -> PathBuf {
+        self.dir.join(format!("{}-{mode}.tar", image.name()))
+    }
+}
 
 /// The archives under `<cache>/bench-containers-<hash of rootfs path and
 /// recipe>/`, built in a temporary directory and renamed into place when
@@ -49,10 +86,7 @@ pub fn archives(rootfs: &Path) -> anyhow::Result<Archives> {
     let key = Sha256::digest(format!("{}\n{RECIPE}", rootfs.display()));
     let hex: String = key.iter().take(6).map(|b| format!("{b:02x}")).collect();
     let dir = cache.join(format!("bench-containers-{hex}"));
-    let archives = Archives {
-        tools: dir.join("tools.tar"),
-        python: dir.join("python.tar"),
-    };
+    let archives = Archives { dir: dir.clone() };
     if dir.exists() {
         return Ok(archives);
     }
@@ -84,28 +118,43 @@ pub fn archives(rootfs: &Path) -> anyhow::Result<Archives> {
 }
 
 fn build(rootfs: &Path, dir: &Path) -> anyhow::Result<()> {
-    Image::new()
+    let tools = Image::new()
         .layer(&host_tools_layer(MTIME, &["sh", "true", "cat", "sleep"])?)?
         .config(ImageConfig {
             cmd: vec!["true".into()],
             env: vec!["PATH=/usr/bin:/bin".into()],
             ..ImageConfig::default()
-        })
-        .write_oci_archive(TOOLS, &dir.join("tools.tar"))?;
+        });
 
     let split = layers::split(rootfs)?;
     let mut python = Image::new();
     for layer_dir in [&split.base, &split.top] {
         python = python.built_layer(debian::dir_layer(layer_dir)?);
     }
-    python
-        .config(ImageConfig {
-            cmd: vec!["python3".into()],
-            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-            ..ImageConfig::default()
-        })
-        .write_oci_archive(PYTHON, &dir.join("python.tar"))?;
+    let python = python.config(ImageConfig {
+        cmd: vec!["python3".into()],
+        env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        ..ImageConfig::default()
+    });
+
+    let archives = Archives {
+        dir: dir.to_path_buf(),
+    };
+    for (image, base) in [(BenchImage::Tools, tools), (BenchImage::Python, python)] {
+        for mode in MODES {
+            base.clone()
+                .layer(&variant_layer(mode))?
+                .write_oci_archive(&image.reference(mode), &archives.archive(image, mode))?;
+        }
+    }
     Ok(())
+}
+
+/// The top layer of the variant for `mode`: one small file naming it.
+fn variant_layer(mode: Mode) -> Layer {
+    let mut layer = Layer::new(MTIME);
+    layer.file(".pare-bench-variant", format!("{mode}\n"), 0o644);
+    layer
 }
 
 /// The chain ID of the top layer of the single image in OCI archive

@@ -106,6 +106,28 @@ impl Node {
         cmd
     }
 
+    /// `pare ARGS... --address A --namespace NS --root R` (the pare CLI at
+    /// `pare`) on this node; returns its stdout.
+    pub fn pare(&self, pare: &Path, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(pare)
+            .args(args)
+            .arg("--address")
+            .arg(self.address())
+            .args(["--namespace", NAMESPACE])
+            .arg("--root")
+            .arg(self.pare_root())
+            .output()
+            .with_context(|| format!("cannot start {}", pare.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "pare {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// pare-snapshotter's log so far.
     pub fn pare_log(&self) -> String {
         self.pare.log_text()
