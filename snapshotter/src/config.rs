@@ -56,6 +56,12 @@ pub struct ProfileConfig {
     pub disabled_namespaces: Vec<String>,
     /// How long an access may wait in memory before it is written, in ms.
     pub flush_interval_ms: u64,
+    /// Learn containers in a row without a new first access before an image
+    /// is settled (its new containers run on plain overlayfs); 0: never.
+    pub settle_after: u64,
+    /// The fraction (0.0-1.0) of a settled image's containers that still
+    /// learn, deterministically (0.05: every 20th; 0: none).
+    pub sample_rate: f64,
 }
 
 /// How views are served.
@@ -98,6 +104,8 @@ impl Default for ProfileConfig {
             enabled: true,
             disabled_namespaces: Vec::new(),
             flush_interval_ms: 10,
+            settle_after: 5,
+            sample_rate: 0.05,
         }
     }
 }
@@ -167,6 +175,12 @@ impl Config {
                 "view.start_timeout_ms and view.stop_timeout_ms must be at least 1".into(),
             ));
         }
+        if !(0.0..=1.0).contains(&self.profile.sample_rate) {
+            return Err(ConfigError::Invalid(format!(
+                "profile.sample_rate must be between 0.0 and 1.0, not {}",
+                self.profile.sample_rate
+            )));
+        }
         if self.profile.flush_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "profile.flush_interval_ms must be at least 1".into(),
@@ -200,6 +214,14 @@ impl Config {
             .get(namespace)
             .copied()
             .unwrap_or(p.default_mode)
+    }
+
+    /// When images settle, as the snapshots take it.
+    pub fn settling(&self) -> crate::snapshots::Settling {
+        crate::snapshots::Settling {
+            after: self.profile.settle_after,
+            every: pare_fs::profile::settle::SettleState::every_of_rate(self.profile.sample_rate),
+        }
     }
 
     /// Whether containers of `namespace` get a view by default (a mode other than `off`).
@@ -239,6 +261,8 @@ mod tests {
         assert!(config.profiles("default"));
         assert!(!config.profiles("k8s.io"));
         assert_eq!(config.view.threads, 4);
+        let settling = Config::default().settling();
+        assert_eq!((settling.after, settling.every), (5, Some(20)));
     }
 
     #[test]
@@ -264,6 +288,13 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("octal")
+        );
+        let rate: Config = toml::from_str("[profile]\nsample_rate = 1.5").unwrap();
+        assert!(
+            rate.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sample_rate")
         );
         let off: Config = toml::from_str("[profile]\nenabled = false").unwrap();
         assert!(!off.profiles("default"));

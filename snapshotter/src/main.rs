@@ -42,6 +42,14 @@ struct Args {
     /// file; off unless given in one of them).
     #[arg(long, value_name = "ADDR")]
     metrics_address: Option<SocketAddr>,
+    /// Learn containers in a row without a new first access before an image
+    /// settles (overrides `profile.settle_after`; 0: never).
+    #[arg(long, value_name = "N")]
+    settle_after: Option<u64>,
+    /// Fraction of a settled image's containers that still learn (overrides
+    /// `profile.sample_rate`).
+    #[arg(long, value_name = "FRACTION")]
+    sample_rate: Option<f64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -96,6 +104,13 @@ fn run(args: Args) -> Result<()> {
     if let Some(address) = args.metrics_address {
         config.metrics_address = Some(address);
     }
+    if let Some(n) = args.settle_after {
+        config.profile.settle_after = n;
+    }
+    if let Some(rate) = args.sample_rate {
+        config.profile.sample_rate = rate;
+    }
+    config.validate()?;
     init_logging(&config);
     anyhow::ensure!(
         rustix::process::geteuid().is_root(),
@@ -151,12 +166,14 @@ async fn serve(config: Config, metrics_address: Option<SocketAddr>) -> Result<()
     let views = Views::new(mounter, root.clone(), wait_limit);
     let views_dir = views.views_dir().to_path_buf();
     let open_root = root.clone();
+    let settling = config.settling();
     let snapshots = tokio::task::spawn_blocking(move || {
         Snapshots::open(
             &open_root,
             views,
             Box::new(move |ns: &str| rule_config.mode_of(ns)),
         )
+        .map(|s| s.with_settling(settling))
     })
     .await?
     .with_context(|| format!("cannot open the snapshot store in {}", root.display()))?;

@@ -16,6 +16,7 @@ mod dirs;
 mod info;
 pub mod keys;
 mod recovery;
+mod settle;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ use dirs::{private_dir, remove_tree, restrict, tempdir_in};
 pub use info::SnapshotInfo;
 use info::{info, kind_name, now_ns};
 pub use keys::{LABEL_SNAPSHOT_REF, is_container_rootfs, split_key};
+pub use settle::Settling;
 
 /// The mode of an image without a mode of its own, by containerd namespace.
 pub type ModeRule = Box<dyn Fn(&str) -> Mode + Send + Sync>;
@@ -49,6 +51,10 @@ pub struct Snapshots<M: ViewMounter> {
     /// Prepare in flight) and while unreferenced directories are collected,
     /// so that collection never takes a directory about to be named.
     dirs: Mutex<()>,
+    /// When images settle.
+    settling: Settling,
+    /// Held while a settle state file is read and written.
+    settle: Mutex<()>,
 }
 
 impl<M: ViewMounter> Snapshots<M> {
@@ -69,9 +75,17 @@ impl<M: ViewMounter> Snapshots<M> {
             views,
             modes,
             dirs: Mutex::new(()),
+            settling: Settling::NEVER,
+            settle: Mutex::new(()),
         };
         snapshots.recover()?;
         Ok(snapshots)
+    }
+
+    /// These snapshots with images settling by `settling` (by default they never do).
+    pub fn with_settling(mut self, settling: Settling) -> Snapshots<M> {
+        self.settling = settling;
+        self
     }
 
     /// Committed layer directories of `parent` and its ancestors, topmost first.
@@ -108,7 +122,10 @@ impl<M: ViewMounter> Snapshots<M> {
         };
         match mode {
             Mode::Off => None,
-            Mode::Learn => Some((ViewKey::learn(chain.clone()), None)),
+            // A settled image's containers run on plain overlayfs, but for a sample.
+            Mode::Learn => self
+                .learns(chain)
+                .then(|| (ViewKey::learn(chain.clone()), None)),
             Mode::Audit | Mode::Enforce => {
                 let allowed = allowed_path(&profile_path(&self.root, chain));
                 let read = std::fs::read(&allowed)
@@ -309,7 +326,11 @@ impl<M: ViewMounter> Snapshots<M> {
             Ok(current)
         })?;
         if let Some(view) = committed.role.view_key() {
-            match self.views.release(key, &view) {
+            let released = self.views.release(key, &view);
+            if released.is_ok() && view.records_profile() {
+                self.count_learn_container(&view.chain);
+            }
+            match released {
                 Ok(true) => {
                     self.remove_orphans()?;
                 }
@@ -336,6 +357,9 @@ impl<M: ViewMounter> Snapshots<M> {
         let mut view_stopped = false;
         if let Some(view) = found.role.view_key() {
             view_stopped = self.views.release(key, &view)?;
+            if view.records_profile() {
+                self.count_learn_container(&view.chain);
+            }
         }
         let record = self.store.write(|t| {
             let record = t.must_get(key)?;

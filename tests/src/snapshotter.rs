@@ -39,7 +39,8 @@ impl PareSnapshotter {
     }
 
     /// Like [`PareSnapshotter::start_with`], with more daemon arguments
-    /// (`--metrics-address ADDR`).
+    /// (`--metrics-address ADDR`). Images never settle (`--settle-after 0`)
+    /// unless `args` say otherwise.
     pub fn start_with_args(dir: &Path, bin: &Path, args: &[&str]) -> Result<PareSnapshotter> {
         std::fs::create_dir_all(dir)?;
         let mut s = PareSnapshotter {
@@ -51,6 +52,12 @@ impl PareSnapshotter {
             envs: Vec::new(),
             args: args.iter().map(|a| a.to_string()).collect(),
         };
+        // Test and bench nodes keep learning however many containers of an
+        // image they run, unless a test asks for settling.
+        if !args.contains(&"--settle-after") {
+            s.args
+                .extend(["--settle-after".to_string(), "0".to_string()]);
+        }
         s.spawn()?;
         Ok(s)
     }

@@ -18,6 +18,7 @@ pub mod merge;
 mod path;
 mod reader;
 mod recorder;
+pub mod settle;
 mod writer;
 
 pub use access::{ABSENT_PER_DIRECTORY, Access, AccessKind, KindSet};

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
+use pare_fs::profile::settle::{SettleState, settle_path};
 use pare_fs::profile::{self, merge};
 use serde::Serialize;
 
@@ -233,6 +234,12 @@ struct Listed {
     entries: usize,
     last_access_unix_ns: u64,
     incomplete: bool,
+    /// `learning` or `settled` (from the snapshotter's settle state).
+    state: &'static str,
+    /// Learn containers the snapshotter counted.
+    containers: u64,
+    /// When the image settled, in ns since the Unix epoch.
+    settled_unix_ns: Option<u64>,
 }
 
 /// When `p`'s latest first access happened, in ns since the Unix epoch
@@ -247,8 +254,9 @@ fn last_access_unix_ns(p: &profile::Profile) -> u64 {
 /// once accepted) and their writers' locks.
 fn not_a_journal(path: &Path) -> bool {
     let name = path.file_name().map(|n| n.to_string_lossy());
-    path.extension()
-        .is_some_and(|e| e == "pare-tmp" || e == "allowed" || e == "misses" || e == "lock")
+    path.extension().is_some_and(|e| {
+        ["pare-tmp", "allowed", "misses", "lock", "settle"].contains(&e.to_string_lossy().as_ref())
+    }) || name.as_deref().is_some_and(|n| n.contains(".settle.tmp-"))
         || name.is_some_and(|n| n.contains(".corrupt-") || n.contains(".accepted-"))
 }
 
@@ -262,13 +270,27 @@ fn list(root: &Path, json: bool) -> anyhow::Result<()> {
             continue;
         }
         match profile::read(&path) {
-            Ok(p) => rows.push(Listed {
-                chain: p.header.image.clone().unwrap_or_else(|| "(unknown)".into()),
-                entries: p.entries.len(),
-                last_access_unix_ns: last_access_unix_ns(&p),
-                incomplete: p.incomplete,
-                file: path,
-            }),
+            Ok(p) => {
+                let settle = SettleState::read(&settle_path(&path)).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "ignoring an unusable settle state");
+                    None
+                });
+                let settle = settle.unwrap_or_default();
+                rows.push(Listed {
+                    chain: p.header.image.clone().unwrap_or_else(|| "(unknown)".into()),
+                    entries: p.entries.len(),
+                    last_access_unix_ns: last_access_unix_ns(&p),
+                    incomplete: p.incomplete,
+                    file: path,
+                    state: if settle.is_settled() {
+                        "settled"
+                    } else {
+                        "learning"
+                    },
+                    containers: settle.containers,
+                    settled_unix_ns: settle.settled_unix_ns,
+                });
+            }
             Err(e) => tracing::warn!(error = %e, "skipping an unreadable profile"),
         }
     }
@@ -280,16 +302,19 @@ fn list(root: &Path, json: bool) -> anyhow::Result<()> {
     let mut text = String::new();
     writeln!(
         text,
-        "{:<73} {:>8}  {:<23}  COMPLETE",
-        "CHAIN", "PATHS", "LAST FIRST-ACCESS (UTC)"
+        "{:<73} {:>8}  {:<23}  {:<8}  {:>10}  {:<19}  COMPLETE",
+        "CHAIN", "PATHS", "LAST FIRST-ACCESS (UTC)", "STATE", "CONTAINERS", "SETTLED (UTC)"
     )?;
     for r in &rows {
         writeln!(
             text,
-            "{:<73} {:>8}  {:<23}  {}",
+            "{:<73} {:>8}  {:<23}  {:<8}  {:>10}  {:<19}  {}",
             r.chain,
             r.entries,
             utc(r.last_access_unix_ns),
+            r.state,
+            r.containers,
+            r.settled_unix_ns.map_or_else(|| "-".to_string(), utc),
             if r.incomplete {
                 "no (records were lost)"
             } else {
@@ -391,6 +416,8 @@ mod tests {
             ("sha256:abc.enforce-0123456789ab.misses", true),
             ("sha256:abc.enforce-0123456789ab.2.misses", true),
             ("sha256:abc.enforce-0123456789ab.misses.lock", true),
+            ("sha256:abc.settle", true),
+            ("sha256:abc.settle.tmp-42", true),
             (
                 "sha256:abc.audit-0123456789ab.misses.accepted-1700000000",
                 true,
