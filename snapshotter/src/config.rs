@@ -78,6 +78,11 @@ pub struct ViewConfig {
     /// How long a view server may take to unmount and exit, in ms (then its
     /// connection is aborted, or it is left serving users elsewhere).
     pub stop_timeout_ms: u64,
+    /// How long an image's view stays mounted after its last container, so
+    /// that sequential containers find it warm (0: it goes with it).
+    pub linger_seconds: u64,
+    /// The most views lingering at once; past it the longest idle goes.
+    pub max_lingering: usize,
 }
 
 impl Default for Config {
@@ -117,6 +122,8 @@ impl Default for ViewConfig {
             passthrough: true,
             start_timeout_ms: 10_000,
             stop_timeout_ms: 5_000,
+            linger_seconds: 30,
+            max_lingering: 16,
         }
     }
 }
@@ -214,6 +221,14 @@ impl Config {
             .get(namespace)
             .copied()
             .unwrap_or(p.default_mode)
+    }
+
+    /// How long views linger, as the view table takes it.
+    pub fn lingering(&self) -> crate::views::Lingering {
+        crate::views::Lingering {
+            linger: std::time::Duration::from_secs(self.view.linger_seconds),
+            max: self.view.max_lingering,
+        }
     }
 
     /// When images settle, as the snapshots take it.

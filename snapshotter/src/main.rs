@@ -50,6 +50,10 @@ struct Args {
     /// `profile.sample_rate`).
     #[arg(long, value_name = "FRACTION")]
     sample_rate: Option<f64>,
+    /// How long a view stays mounted after its last container, in seconds
+    /// (overrides `view.linger_seconds`; 0: it goes with it).
+    #[arg(long, value_name = "SECONDS")]
+    linger_seconds: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -110,6 +114,9 @@ fn run(args: Args) -> Result<()> {
     if let Some(rate) = args.sample_rate {
         config.profile.sample_rate = rate;
     }
+    if let Some(seconds) = args.linger_seconds {
+        config.view.linger_seconds = seconds;
+    }
     config.validate()?;
     init_logging(&config);
     anyhow::ensure!(
@@ -163,7 +170,7 @@ async fn serve(config: Config, metrics_address: Option<SocketAddr>) -> Result<()
     let wait_limit =
         Duration::from_millis(config.view.start_timeout_ms + config.view.stop_timeout_ms);
     let mounter = CountingMounter::new(mounter, metrics.view_events());
-    let views = Views::new(mounter, root.clone(), wait_limit);
+    let views = Views::new(mounter, root.clone(), wait_limit).with_lingering(config.lingering());
     let views_dir = views.views_dir().to_path_buf();
     let open_root = root.clone();
     let settling = config.settling();
@@ -208,6 +215,18 @@ async fn serve(config: Config, metrics_address: Option<SocketAddr>) -> Result<()
         }
         None => Service::new(snapshots.clone()),
     };
+    if !config.lingering().linger.is_zero() {
+        // Views past their linger time go within a second.
+        let reaped = snapshots.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let reaped = reaped.clone();
+                let _ = tokio::task::spawn_blocking(move || reaped.reap_lingering(false)).await;
+            }
+        });
+    }
     let service = containerd_snapshots::server(Arc::new(service));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot handle SIGTERM")?;

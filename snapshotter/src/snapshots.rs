@@ -479,9 +479,21 @@ impl<M: ViewMounter> Snapshots<M> {
     /// Graceful stop: views keep serving their containers (each in its own
     /// process); the next start adopts them.
     pub fn shutdown(&self) {
+        // Lingering views have no container to keep serving: they go now.
+        self.reap_lingering(true);
         let views = self.views.status();
         if !views.is_empty() {
             tracing::info!(views = views.len(), "views keep serving their containers");
+        }
+    }
+
+    /// Stops the views that lingered long enough after their last container
+    /// (every lingering view when `all`) and collects the layers they held.
+    pub fn reap_lingering(&self, all: bool) {
+        if self.views.reap(all) > 0 {
+            if let Err(e) = self.remove_orphans() {
+                tracing::warn!(error = %e, "cannot collect the layers of stopped views");
+            }
         }
     }
 

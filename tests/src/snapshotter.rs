@@ -40,7 +40,7 @@ impl PareSnapshotter {
 
     /// Like [`PareSnapshotter::start_with`], with more daemon arguments
     /// (`--metrics-address ADDR`). Images never settle (`--settle-after 0`)
-    /// unless `args` say otherwise.
+    /// and views do not linger (`--linger-seconds 0`) unless `args` say otherwise.
     pub fn start_with_args(dir: &Path, bin: &Path, args: &[&str]) -> Result<PareSnapshotter> {
         std::fs::create_dir_all(dir)?;
         let mut s = PareSnapshotter {

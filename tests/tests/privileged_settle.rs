@@ -68,9 +68,15 @@ fn privileged_settled_images_run_on_plain_overlayfs_but_for_a_sample() -> Result
         node.pare.terminate()?;
         node.pare.restart()?;
         // containerd redials the restarted snapshotter with backoff.
-        eventually(Duration::from_secs(30), "containerd to reach pare again", || {
-            Ok(ctr.ctr(&["snapshots", "--snapshotter", "pare", "ls"]).is_ok())
-        })?;
+        eventually(
+            Duration::from_secs(30),
+            "containerd to reach pare again",
+            || {
+                Ok(ctr
+                    .ctr(&["snapshots", "--snapshotter", "pare", "ls"])
+                    .is_ok())
+            },
+        )?;
 
         // Settled: the first start of the sample learns (a view is mounted
         // for it), the second runs on plain overlayfs with the same output.

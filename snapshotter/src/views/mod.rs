@@ -56,6 +56,26 @@ struct Entry<H> {
     generation: u64,
     users: BTreeSet<String>,
     pinned: Vec<SnapshotId>,
+    /// Since when a running view has had no user (it lingers until
+    /// [`Lingering::linger`] has passed).
+    idle_since: Option<Instant>,
+}
+
+/// How long views stay mounted after their last container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lingering {
+    /// How long a view without containers stays mounted (zero: none).
+    pub linger: Duration,
+    /// The most views lingering at once; past it the longest idle goes.
+    pub max: usize,
+}
+
+impl Lingering {
+    /// Views stop with their last container.
+    pub const NONE: Lingering = Lingering {
+        linger: Duration::ZERO,
+        max: 0,
+    };
 }
 
 struct Table<H> {
@@ -72,6 +92,8 @@ pub struct Views<M: ViewMounter> {
     changed: Condvar,
     /// Longest wait for another caller's start or stop of the same view.
     wait_limit: Duration,
+    /// How long views stay after their last container.
+    lingering: Lingering,
 }
 
 /// How a container's view is to be served.
@@ -103,7 +125,15 @@ impl<M: ViewMounter> Views<M> {
             }),
             changed: Condvar::new(),
             wait_limit,
+            lingering: Lingering::NONE,
         }
+    }
+
+    /// These views lingering by `lingering` after their last container
+    /// (by default they stop with it).
+    pub fn with_lingering(mut self, lingering: Lingering) -> Self {
+        self.lingering = lingering;
+        self
     }
 
     /// Mountpoint of the view `key`.
@@ -180,6 +210,7 @@ impl<M: ViewMounter> Views<M> {
                         generation,
                         users: BTreeSet::from([req.user.to_string()]),
                         pinned: req.layers.iter().map(|(id, _)| *id).collect(),
+                        idle_since: None,
                     },
                 );
                 break;
@@ -209,6 +240,9 @@ impl<M: ViewMounter> Views<M> {
             };
             if serving {
                 entry.users.insert(req.user.to_string());
+                if entry.idle_since.take().is_some() {
+                    tracing::debug!(view = %req.key, "a lingering view serves a new container");
+                }
                 return Ok(spec.mountpoint);
             }
             // Its server died: the view is gone for everyone; a new one
@@ -283,9 +317,10 @@ impl<M: ViewMounter> Views<M> {
     }
 
     /// Drops `user` from the view `key`; stops the view when it was the last
-    /// user. True when the view was stopped (the layers it read may be
-    /// free). A view that cannot be stopped is kept with `user` on it, so
-    /// that a retry stops it, and its layers stay pinned.
+    /// user, unless views linger (then [`Views::reap`] stops it later). True
+    /// when the view was stopped (the layers it read may be free). A view
+    /// that cannot be stopped is kept with `user` on it, so that a retry
+    /// stops it, and its layers stay pinned.
     pub fn release(&self, user: &str, key: &ViewKey) -> Result<bool> {
         let mut table = self.table();
         let Some(entry) = table.entries.get_mut(key) else {
@@ -295,11 +330,73 @@ impl<M: ViewMounter> Views<M> {
         if !entry.users.is_empty() || !matches!(entry.slot, Slot::Running(_)) {
             return Ok(false);
         }
+        if !self.lingering.linger.is_zero() {
+            entry.idle_since = Some(Instant::now());
+            tracing::debug!(view = %key, linger = ?self.lingering.linger, "view lingers after its last container");
+            drop(table);
+            // Past the most lingering views, the longest idle goes now.
+            return Ok(self.reap_where(|idle, rank, count| {
+                idle >= self.lingering.linger || count - rank > self.lingering.max
+            }) > 0);
+        }
         let Slot::Running(handle) = std::mem::replace(&mut entry.slot, Slot::Stopping) else {
             unreachable!("matched above")
         };
         drop(table);
-        let stopped = self.mounter.stop(&handle);
+        self.stop_idle(key, &handle, Some(user))?;
+        Ok(true)
+    }
+
+    /// Stops the views that lingered for their time (all lingering views
+    /// when `all`, at shutdown); returns how many stopped.
+    pub fn reap(&self, all: bool) -> usize {
+        self.reap_where(|idle, _, _| all || idle >= self.lingering.linger)
+    }
+
+    /// Stops each lingering view for which `doomed(idle time, rank by idle
+    /// time with the longest idle first, lingering count)` holds.
+    fn reap_where(&self, doomed: impl Fn(Duration, usize, usize) -> bool) -> usize {
+        let now = Instant::now();
+        let mut picked = Vec::new();
+        {
+            let mut table = self.table();
+            let mut idle: Vec<(ViewKey, Instant)> = table
+                .entries
+                .iter()
+                .filter(|(_, e)| e.users.is_empty() && matches!(e.slot, Slot::Running(_)))
+                .filter_map(|(k, e)| e.idle_since.map(|at| (k.clone(), at)))
+                .collect();
+            idle.sort_by_key(|(_, at)| *at);
+            let count = idle.len();
+            for (rank, (key, at)) in idle.into_iter().enumerate() {
+                if !doomed(now.duration_since(at), rank, count) {
+                    continue;
+                }
+                let entry = table.entries.get_mut(&key).expect("listed entry");
+                let Slot::Running(handle) = std::mem::replace(&mut entry.slot, Slot::Stopping)
+                else {
+                    unreachable!("filtered above")
+                };
+                picked.push((key, handle));
+            }
+        }
+        let mut stopped = 0;
+        for (key, handle) in picked {
+            match self.stop_idle(&key, &handle, None) {
+                Ok(()) => stopped += 1,
+                Err(e) => {
+                    tracing::warn!(view = %key, error = %e, "cannot stop a lingering view; it lingers on")
+                }
+            }
+        }
+        stopped
+    }
+
+    /// Stops the view `key` (marked stopping, `handle` taken out of its
+    /// slot). On failure it is running again, with `user` back on it (or
+    /// lingering afresh when it had none).
+    fn stop_idle(&self, key: &ViewKey, handle: &Arc<M::Handle>, user: Option<&str>) -> Result<()> {
+        let stopped = self.mounter.stop(handle);
         if stopped.is_ok() {
             let _ = std::fs::remove_dir(self.mountpoint(key));
             frozen::remove(&self.mountpoint(key));
@@ -312,8 +409,13 @@ impl<M: ViewMounter> Views<M> {
             }
             Err(e) => {
                 let entry = table.entries.get_mut(key).expect("stopping entry");
-                entry.slot = Slot::Running(handle);
-                entry.users.insert(user.to_string());
+                entry.slot = Slot::Running(handle.clone());
+                match user {
+                    Some(user) => {
+                        entry.users.insert(user.to_string());
+                    }
+                    None => entry.idle_since = Some(Instant::now()),
+                }
                 Err(Error::View {
                     chain: key.chain.clone(),
                     source: ViewError::Stop(e),
@@ -334,7 +436,7 @@ impl<M: ViewMounter> Views<M> {
                 tracing::error!(view = %key, "view server hung; connection aborted")
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Snapshot ids whose directories live views read.

@@ -6,6 +6,7 @@ mod disk;
 mod failures;
 mod fake;
 mod lifecycle;
+mod linger;
 mod modes;
 mod views;
 
