@@ -11,7 +11,9 @@
 //!   and enforce modes) and keeps the misses.
 //! - [`id`] names image content: digests, chain IDs, profile paths.
 //! - [`mountinfo`] reads the mount table (the one parser of it).
+//! - [`atomic`] replaces small state files whole.
 
+pub mod atomic;
 pub mod id;
 pub mod layers;
 pub mod mountinfo;

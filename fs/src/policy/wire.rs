@@ -1,9 +1,7 @@
 //! How policy files spell what they hold: image paths exactly (a string when
 //! the bytes are UTF-8, an array of bytes otherwise), access kinds by name,
-//! and atomic rewrites (temporary file, fsync, rename).
+//! and atomic rewrites ([`crate::atomic`]).
 
-use std::io::Write;
-use std::path::Path;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -72,22 +70,7 @@ pub(super) mod kind {
     }
 }
 
-/// Replaces `path` with `bytes` atomically: readers see the old file or the
-/// new one, never a part. The temporary file sits beside `path`.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut tmp_name = path.as_os_str().to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = Path::new(&tmp_name);
-    let written = std::fs::File::create(tmp).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_all()
-    });
-    let renamed = written.and_then(|()| std::fs::rename(tmp, path));
-    if renamed.is_err() {
-        let _ = std::fs::remove_file(tmp);
-    }
-    renamed
-}
+pub(super) use crate::atomic::write_atomically;
 
 #[cfg(test)]
 mod tests {

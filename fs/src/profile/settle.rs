@@ -173,15 +173,7 @@ impl SettleState {
             state: self.clone(),
         })
         .map_err(|e| io(std::io::Error::other(e)))?;
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp-{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                io(e)
-            })
+        crate::atomic::write_atomically(path, &bytes).map_err(io)
     }
 
     /// Sample rate (a fraction of a settled image's containers) as "every

@@ -49,18 +49,10 @@ pub fn ensure(spec: &ViewSpec, bytes: Option<&[u8]>, current: &Path) -> Result<(
             ),
         });
     }
-    let mut tmp = copy.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, copy))
-        .map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            MountError::Allowed {
-                path: copy.clone(),
-                reason: source.to_string(),
-            }
-        })
+    pare_fs::atomic::write_atomically(copy, bytes).map_err(|source| MountError::Allowed {
+        path: copy.clone(),
+        reason: source.to_string(),
+    })
 }
 
 /// Removes the copy of the view mounted at `mountpoint`, if any.
