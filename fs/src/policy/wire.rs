@@ -2,7 +2,6 @@
 //! the bytes are UTF-8, an array of bytes otherwise), access kinds by name,
 //! and atomic rewrites ([`crate::atomic`]).
 
-
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
