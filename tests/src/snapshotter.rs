@@ -53,10 +53,12 @@ impl PareSnapshotter {
             args: args.iter().map(|a| a.to_string()).collect(),
         };
         // Test and bench nodes keep learning however many containers of an
-        // image they run, unless a test asks for settling.
-        if !args.contains(&"--settle-after") {
-            s.args
-                .extend(["--settle-after".to_string(), "0".to_string()]);
+        // image they run, and their views go with their last container,
+        // unless a test asks otherwise.
+        for (flag, off) in [("--settle-after", "0"), ("--linger-seconds", "0")] {
+            if !args.contains(&flag) {
+                s.args.extend([flag.to_string(), off.to_string()]);
+            }
         }
         s.spawn()?;
         Ok(s)
