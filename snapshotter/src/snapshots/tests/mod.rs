@@ -8,6 +8,7 @@ mod fake;
 mod lifecycle;
 mod linger;
 mod modes;
+mod settle;
 mod views;
 
 use std::collections::BTreeMap;
@@ -87,6 +88,16 @@ fn unpack_image(s: &Snapshots<FakeMounter>, ns: &str) -> String {
 
 fn code(r: Result<impl std::fmt::Debug>) -> tonic::Code {
     r.unwrap_err().code()
+}
+
+/// The `lowerdir=` option of a container's rootfs mount.
+fn lower(mounts: &[MountSpec]) -> String {
+    mounts[0]
+        .options
+        .iter()
+        .find(|o| o.starts_with("lowerdir="))
+        .unwrap()
+        .clone()
 }
 
 fn chain(name: &str) -> ChainId {

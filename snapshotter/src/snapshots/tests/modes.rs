@@ -27,15 +27,6 @@ fn set_mode(root: &Path, mode: Mode, paths: &[&str]) -> Digest {
     Digest::sha256(&std::fs::read(&file).unwrap())
 }
 
-fn lower(mounts: &[MountSpec]) -> String {
-    mounts[0]
-        .options
-        .iter()
-        .find(|o| o.starts_with("lowerdir="))
-        .unwrap()
-        .clone()
-}
-
 #[test]
 fn containers_of_one_image_in_different_modes_use_different_views() {
     let e = env();
