@@ -53,8 +53,8 @@ pub struct Snapshots<M: ViewMounter> {
     dirs: Mutex<()>,
     /// When images settle.
     settling: Settling,
-    /// Held while a settle state file is read and written.
-    settle: Mutex<()>,
+    /// The settle state of each image seen (see [`settle`]).
+    settle: Mutex<std::collections::HashMap<ChainId, pare_fs::profile::settle::SettleState>>,
 }
 
 impl<M: ViewMounter> Snapshots<M> {
@@ -76,7 +76,7 @@ impl<M: ViewMounter> Snapshots<M> {
             modes,
             dirs: Mutex::new(()),
             settling: Settling::NEVER,
-            settle: Mutex::new(()),
+            settle: Mutex::new(Default::default()),
         };
         snapshots.recover()?;
         Ok(snapshots)

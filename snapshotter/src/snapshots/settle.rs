@@ -2,9 +2,11 @@
 //! containers on plain kernel overlayfs, but for a sample that still learns
 //! ([`pare_fs::profile::settle`] has the rules and the state file).
 //!
-//! The state file is read and written under [`Snapshots::settle`] (a small
-//! local file, never a mount, a process or a peer); the profile is read
-//! before, without it.
+//! The states live in memory under [`Snapshots::settle`], read from their
+//! files the first time; no file is read or written with the lock held.
+
+use std::collections::HashMap;
+use std::sync::MutexGuard;
 
 use pare_fs::id::{ChainId, profile_path};
 use pare_fs::profile::settle::{Counted, SettleState, growth_records, settle_path};
@@ -39,22 +41,17 @@ impl<M: ViewMounter> Snapshots<M> {
         if self.settling.after == 0 {
             return true;
         }
-        let path = settle_path(&profile_path(&self.root, chain));
-        let _held = self.settle.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = match SettleState::read(&path) {
-            Ok(Some(state)) if state.is_settled() => state,
-            Ok(_) => return true,
-            Err(e) => {
-                tracing::warn!(%chain, error = %e, "cannot read the image's settle state; it learns");
-                return true;
+        let every = self.settling.every;
+        let sampled = self.update_settle(chain, |state| {
+            state.is_settled().then(|| state.sample(every))
+        });
+        match sampled {
+            Some(sampled) => {
+                tracing::debug!(%chain, sampled, "container of a settled image");
+                sampled
             }
-        };
-        let sampled = state.sample(self.settling.every);
-        if let Err(e) = state.write(&path) {
-            tracing::warn!(%chain, error = %e, "cannot keep the image's settle state");
+            None => true,
         }
-        tracing::debug!(%chain, sampled, "container of a settled image");
-        sampled
     }
 
     /// Counts a learn container of `chain` that is gone: its accesses are in
@@ -63,8 +60,7 @@ impl<M: ViewMounter> Snapshots<M> {
         if self.settling.after == 0 {
             return;
         }
-        let profile_file = profile_path(&self.root, chain);
-        let records = match profile::read(&profile_file) {
+        let records = match profile::read(&profile_path(&self.root, chain)) {
             Ok(p) => growth_records(&p),
             Err(ReadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return;
@@ -74,22 +70,12 @@ impl<M: ViewMounter> Snapshots<M> {
                 return;
             }
         };
-        let path = settle_path(&profile_file);
-        let (counted, state) = {
-            let _held = self.settle.lock().unwrap_or_else(|e| e.into_inner());
-            let mut state = match SettleState::read(&path) {
-                Ok(state) => state.unwrap_or_default(),
-                Err(e) => {
-                    tracing::warn!(%chain, error = %e, "the image's settle state is unusable; counting afresh");
-                    SettleState::default()
-                }
-            };
-            let now = u64::try_from(now_ns()).unwrap_or(0);
-            let counted = state.count(records, self.settling.after, now);
-            if let Err(e) = state.write(&path) {
-                tracing::warn!(%chain, error = %e, "cannot keep the image's settle state");
-            }
-            (counted, state)
+        let after = self.settling.after;
+        let now = u64::try_from(now_ns()).unwrap_or(0);
+        let Some((counted, state)) = self.update_settle(chain, |state| {
+            Some((state.count(records, after, now), state.clone()))
+        }) else {
+            return;
         };
         match counted {
             Counted::Settled => tracing::info!(
@@ -105,5 +91,44 @@ impl<M: ViewMounter> Snapshots<M> {
             ),
             _ => {}
         }
+    }
+
+    /// Applies `change` to the settle state of `chain` (read from its file
+    /// the first time) under [`Snapshots::settle`], which guards memory only;
+    /// when `change` gives a result, the state as it left it is written to
+    /// the file after the lock is released. Two updates racing may land in
+    /// the file out of order: it can lag the memory by one container, which
+    /// only a restart reads.
+    fn update_settle<T>(
+        &self,
+        chain: &ChainId,
+        change: impl FnOnce(&mut SettleState) -> Option<T>,
+    ) -> Option<T> {
+        let path = settle_path(&profile_path(&self.root, chain));
+        let cached = self.settle_states().contains_key(chain);
+        let loaded = (!cached).then(|| {
+            SettleState::read(&path)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(%chain, error = %e, "the image's settle state is unusable; counting afresh");
+                    None
+                })
+                .unwrap_or_default()
+        });
+        let (result, snapshot) = {
+            let mut states = self.settle_states();
+            let state = states
+                .entry(chain.clone())
+                .or_insert_with(|| loaded.unwrap_or_default());
+            let result = change(state)?;
+            (result, state.clone())
+        };
+        if let Err(e) = snapshot.write(&path) {
+            tracing::warn!(%chain, error = %e, "cannot keep the image's settle state");
+        }
+        Some(result)
+    }
+
+    fn settle_states(&self) -> MutexGuard<'_, HashMap<ChainId, SettleState>> {
+        self.settle.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
