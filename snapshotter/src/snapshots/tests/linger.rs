@@ -5,27 +5,15 @@
 use super::*;
 use crate::views::Lingering;
 
-fn lingering_env(lingering: Lingering) -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let mounter = FakeMounter::default();
-    let views =
-        Views::new(mounter.clone(), root.clone(), Duration::from_secs(5)).with_lingering(lingering);
-    let snaps = Snapshots::open(&root, views, Box::new(|_: &str| Mode::Learn)).unwrap();
-    Env {
-        _dir: dir,
-        root,
-        mounter,
-        snaps,
-    }
-}
-
 #[test]
 fn a_view_lingers_after_its_last_container_and_serves_the_next() {
-    let e = lingering_env(Lingering {
-        linger: Duration::from_secs(3600),
-        max: 16,
-    });
+    let e = env_with(
+        Lingering {
+            linger: Duration::from_secs(3600),
+            max: 16,
+        },
+        Settling::NEVER,
+    );
     let top = unpack_image(&e.snaps, "default");
     e.snaps
         .create("default/10/c1", &top, no_labels(), false)
@@ -58,10 +46,13 @@ fn a_view_lingers_after_its_last_container_and_serves_the_next() {
 
 #[test]
 fn past_the_most_lingering_views_a_view_goes_at_once_and_an_expired_one_is_reaped() {
-    let none = lingering_env(Lingering {
-        linger: Duration::from_secs(3600),
-        max: 0,
-    });
+    let none = env_with(
+        Lingering {
+            linger: Duration::from_secs(3600),
+            max: 0,
+        },
+        Settling::NEVER,
+    );
     let top = unpack_image(&none.snaps, "default");
     none.snaps
         .create("default/10/c1", &top, no_labels(), false)
@@ -72,10 +63,13 @@ fn past_the_most_lingering_views_a_view_goes_at_once_and_an_expired_one_is_reape
         ["mount sha256-c2 [2,1] profiled=true", "unmount sha256-c2"]
     );
 
-    let short = lingering_env(Lingering {
-        linger: Duration::from_millis(1),
-        max: 16,
-    });
+    let short = env_with(
+        Lingering {
+            linger: Duration::from_millis(1),
+            max: 16,
+        },
+        Settling::NEVER,
+    );
     let top = unpack_image(&short.snaps, "default");
     short
         .snaps

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
-use crate::views::Views;
+use crate::views::{Lingering, Views};
 use fake::FakeMounter;
 
 struct Env {
@@ -27,10 +27,19 @@ struct Env {
 }
 
 fn env() -> Env {
+    env_with(Lingering::NONE, Settling::NEVER)
+}
+
+/// An [`env`] whose views linger by `lingering` and images settle by `settling`.
+fn env_with(lingering: Lingering, settling: Settling) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let mounter = FakeMounter::default();
-    let snaps = open(&root, &mounter);
+    let views =
+        Views::new(mounter.clone(), root.clone(), Duration::from_secs(5)).with_lingering(lingering);
+    let snaps = Snapshots::open(&root, views, Box::new(modes))
+        .unwrap()
+        .with_settling(settling);
     Env {
         _dir: dir,
         root,
@@ -39,12 +48,16 @@ fn env() -> Env {
     }
 }
 
-fn open(root: &Path, mounter: &FakeMounter) -> Snapshots<FakeMounter> {
-    let views = Views::new(mounter.clone(), root.to_path_buf(), Duration::from_secs(5));
-    let modes = |ns: &str| match ns {
+/// The namespace `quiet` is off; the others learn.
+fn modes(ns: &str) -> Mode {
+    match ns {
         "quiet" => Mode::Off,
         _ => Mode::Learn,
-    };
+    }
+}
+
+fn open(root: &Path, mounter: &FakeMounter) -> Snapshots<FakeMounter> {
+    let views = Views::new(mounter.clone(), root.to_path_buf(), Duration::from_secs(5));
     Snapshots::open(root, views, Box::new(modes)).unwrap()
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use pare_fs::profile::{AccessKind, Recorder};
 
 use super::*;
+use crate::views::Lingering;
 
 /// Appends `paths` (as lookups) to the profile of chain `sha256:c2`.
 fn touch(root: &Path, paths: &[&str]) {
@@ -37,19 +38,13 @@ fn run(e: &Env, top: &str, name: &str) -> bool {
 
 #[test]
 fn an_image_settles_after_quiet_containers_samples_and_unsettles_on_growth() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let mounter = FakeMounter::default();
-    let snaps = open(&root, &mounter).with_settling(Settling {
-        after: 2,
-        every: Some(2),
-    });
-    let e = Env {
-        _dir: dir,
-        root,
-        mounter,
-        snaps,
-    };
+    let e = env_with(
+        Lingering::NONE,
+        Settling {
+            after: 2,
+            every: Some(2),
+        },
+    );
     let top = unpack_image(&e.snaps, "default");
     touch(&e.root, &["app", "app/a"]);
     assert!(run(&e, &top, "10/grew"), "learning: a view");
