@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use pare_fs::policy::Mode;
+use pare_fs::view::Transport;
 use serde::Deserialize;
 
 /// Everything the daemon can be told. Every field has a default.
@@ -73,6 +74,9 @@ pub struct ViewConfig {
     pub threads: usize,
     /// Use FUSE passthrough for file reads when the kernel offers it.
     pub passthrough: bool,
+    /// How requests travel between the kernel and a view: `auto` (FUSE
+    /// over io_uring when the kernel offers it), `io-uring` or `dev-fuse`.
+    pub transport: Transport,
     /// How long a view server may take to mount, in ms (then the Prepare fails).
     pub start_timeout_ms: u64,
     /// How long a view server may take to unmount and exit, in ms (then its
@@ -120,6 +124,7 @@ impl Default for ViewConfig {
         ViewConfig {
             threads: pare_fs::view::default_threads(),
             passthrough: true,
+            transport: Transport::Auto,
             start_timeout_ms: 10_000,
             stop_timeout_ms: 5_000,
             linger_seconds: 30,
@@ -265,6 +270,7 @@ mod tests {
             [view]
             threads = 4
             passthrough = false
+            transport = "dev-fuse"
             "#,
         )
         .unwrap();
@@ -276,6 +282,7 @@ mod tests {
         assert!(config.profiles("default"));
         assert!(!config.profiles("k8s.io"));
         assert_eq!(config.view.threads, 4);
+        assert_eq!(config.view.transport, Transport::DevFuse);
         let settling = Config::default().settling();
         assert_eq!((settling.after, settling.every), (5, Some(20)));
     }
@@ -293,6 +300,8 @@ mod tests {
     #[test]
     fn mistakes_are_reported() {
         assert!(toml::from_str::<Config>("rooot = \"/x\"").is_err());
+        let err = toml::from_str::<Config>("[view]\ntransport = \"uring\"").unwrap_err();
+        assert!(err.to_string().contains("io-uring"), "{err}");
         let bad_mode = Config {
             socket_mode: "rw-rw----".into(),
             ..Config::default()

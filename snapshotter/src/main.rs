@@ -160,6 +160,7 @@ async fn serve(config: Config, metrics_address: Option<SocketAddr>) -> Result<()
         program: PathBuf::from("/proc/self/exe"),
         threads: config.view.threads,
         passthrough: config.view.passthrough,
+        transport: config.view.transport,
         flush: Duration::from_millis(config.profile.flush_interval_ms),
         log_level: config.log_level.clone(),
         log_json: config.log_format == LogFormat::Json,

@@ -23,6 +23,7 @@ fn mounter(program: &Path, start_timeout: Duration) -> ProcessMounter {
         program: program.to_path_buf(),
         threads: 2,
         passthrough: true,
+        transport: pare_fs::view::Transport::Auto,
         flush: Duration::from_millis(5),
         log_level: "info".into(),
         log_json: false,

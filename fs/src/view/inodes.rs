@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 
-use fuser::{BackingId, FileAttr, FileType, INodeNo};
+use fuser::{FileAttr, FileType, INodeNo};
 
+use super::passthrough::Backing;
 use crate::layers::{Kind, Resolved};
 use crate::profile::AccessKind;
 
@@ -90,7 +91,7 @@ pub(crate) struct Node {
     /// modes), found on first use.
     pub outside: OnceLock<bool>,
     /// FUSE passthrough backing file and the number of open handles using it.
-    pub backing: Mutex<Option<(BackingId, u32)>>,
+    pub backing: Mutex<Option<(Backing, u32)>>,
 }
 
 impl Node {

@@ -10,9 +10,13 @@
 mod fuse;
 mod inodes;
 mod mount;
+mod ops;
 mod passthrough;
 mod pread;
 mod stats;
+mod sys;
+mod transport;
+mod uring;
 mod viewfs;
 
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use std::time::Duration;
 
 pub use mount::{MountedView, Stopped, ViewError, is_mountpoint, mount, mountpoints};
 pub use stats::{LATENCY_BOUNDS_SECONDS, OpCounts, Opcode, RequestCounts, RequestStats};
+pub use transport::{AUTO_USES_IO_URING, ENABLE_URING, Transport, uring_offered};
 
 use crate::layers::LayerStack;
 use crate::policy::Policy;
@@ -47,8 +52,8 @@ pub fn default_threads() -> usize {
 /// Settings of one view.
 #[derive(Clone, Debug)]
 pub struct ViewOptions {
-    /// Serving threads (each with its own cloned `/dev/fuse` descriptor);
-    /// [`default_threads`] unless set.
+    /// Serving threads (each with its own cloned `/dev/fuse` descriptor, or
+    /// its own io_uring queues); [`default_threads`] unless set.
     pub threads: usize,
     /// How file reads are served.
     pub read_mode: ReadMode,
@@ -60,6 +65,8 @@ pub struct ViewOptions {
     /// Audit or enforce: the allowed set accesses are judged by and where
     /// misses go. `None` in learn mode.
     pub policy: Option<Policy>,
+    /// How requests travel between the kernel and the view.
+    pub transport: Transport,
 }
 
 impl Default for ViewOptions {
@@ -70,6 +77,7 @@ impl Default for ViewOptions {
             ttl: Duration::from_secs(365 * 24 * 3600),
             fsname: "pare".into(),
             policy: None,
+            transport: Transport::Auto,
         }
     }
 }

@@ -2,14 +2,23 @@
 //! its serving threads, and unmounting.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 
+use super::fuse::FuseView;
+use super::transport::{AUTO_USES_IO_URING, Transport, uring_offered};
+use super::uring;
 use super::viewfs::ViewFs;
 use super::{View, ViewOptions};
+
+/// How long a stopping view waits for its io_uring queue threads after the
+/// session ended (the kernel ends their entries when the connection goes).
+const RING_JOIN: Duration = Duration::from_secs(5);
 
 /// Why a view could not be mounted or served.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +56,9 @@ pub enum ViewError {
         /// The kernel's answer.
         source: io::Error,
     },
+    /// The transport asked for is not available.
+    #[error("--transport io-uring: {0}")]
+    Transport(String),
     /// Serving ended with an error.
     #[error("serving the view on {path} failed: {source}")]
     Serve {
@@ -72,7 +84,9 @@ pub fn mount(view: View, mountpoint: &Path, opts: &ViewOptions) -> Result<Mounte
         path: mountpoint.to_path_buf(),
         source,
     })?;
-    let fs = ViewFs::new(view, opts).map_err(ViewError::Layers)?;
+    let rings = prepare_rings(opts)?;
+    let ring_wanted = rings.as_ref().map(|_| opts.transport == Transport::IoUring);
+    let fs = Arc::new(ViewFs::new(view, opts, ring_wanted).map_err(ViewError::Layers)?);
     let live_nodes = fs.live_nodes();
     let mut config = Config::default();
     config.mount_options = vec![
@@ -90,17 +104,68 @@ pub fn mount(view: View, mountpoint: &Path, opts: &ViewOptions) -> Result<Mounte
         MountOption::DefaultPermissions,
     ];
     config.acl = SessionACL::All;
-    config.n_threads = Some(opts.threads.max(1));
+    // Over io_uring only FORGET and INTERRUPT come through /dev/fuse.
+    config.n_threads = Some(if rings.is_some() {
+        1
+    } else {
+        opts.threads.max(1)
+    });
     config.clone_fd = true;
     let mut session =
-        Session::new(fs, &mountpoint, &config).map_err(|source| ViewError::Mount {
+        Session::new(FuseView(fs.clone()), &mountpoint, &config).map_err(|source| {
+            if source.kind() == io::ErrorKind::Unsupported {
+                ViewError::Transport(source.to_string())
+            } else {
+                ViewError::Mount {
+                    path: mountpoint.clone(),
+                    source,
+                }
+            }
+        })?;
+    let device = session
+        .as_fd()
+        .try_clone_to_owned()
+        .map(Arc::new)
+        .map_err(|source| ViewError::Serve {
             path: mountpoint.clone(),
             source,
         })?;
+    fs.passthrough.set_device(device.clone());
+    let queues = match rings {
+        Some(rings) if fs.ring_agreed() => {
+            let described = rings.describe();
+            match uring::start(rings, device, fs.clone()) {
+                Ok(running) => {
+                    tracing::info!(queues = %described, "view serves requests over io_uring");
+                    Some(running)
+                }
+                Err(e) if opts.transport == Transport::IoUring => {
+                    drop(session);
+                    return Err(ViewError::Transport(format!(
+                        "the io_uring queues did not start: {e}"
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the io_uring queues did not start; the view serves requests over /dev/fuse with one thread");
+                    None
+                }
+            }
+        }
+        _ => {
+            tracing::info!("view serves requests over /dev/fuse");
+            None
+        }
+    };
     let unmounter = session.unmount_callable();
     let thread = std::thread::Builder::new()
         .name("pare-view".into())
-        .spawn(move || session.run())
+        .spawn(move || {
+            let served = session.run();
+            if let Some(queues) = queues {
+                queues.join(RING_JOIN);
+            }
+            served
+        })
         .map_err(|source| ViewError::Serve {
             path: mountpoint.clone(),
             source,
@@ -191,6 +256,34 @@ impl MountedView {
                 path,
                 source: io::Error::other("a serving thread panicked"),
             }),
+        }
+    }
+}
+
+/// The io_uring rings when the transport asks for them and the kernel
+/// offers them; an error only when io_uring is required.
+fn prepare_rings(opts: &ViewOptions) -> Result<Option<uring::Prepared>, ViewError> {
+    match opts.transport {
+        Transport::DevFuse => Ok(None),
+        Transport::Auto if !AUTO_USES_IO_URING => Ok(None),
+        Transport::Auto => match uring_offered() {
+            Ok(()) => match uring::prepare(opts.threads) {
+                Ok(rings) => Ok(Some(rings)),
+                Err(e) => {
+                    tracing::info!(error = %e, "cannot make io_uring rings; serving over /dev/fuse");
+                    Ok(None)
+                }
+            },
+            Err(why) => {
+                tracing::debug!(%why, "no FUSE over io_uring");
+                Ok(None)
+            }
+        },
+        Transport::IoUring => {
+            uring_offered().map_err(ViewError::Transport)?;
+            uring::prepare(opts.threads)
+                .map(Some)
+                .map_err(|e| ViewError::Transport(format!("cannot make io_uring rings: {e}")))
         }
     }
 }

@@ -10,13 +10,14 @@
 use std::fs::File;
 use std::hash::Hash;
 use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use fuser::{FileHandle, FopenFlags, ReplyOpen};
 use lru::LruCache;
 
 use super::inodes::Node;
+use super::sys;
 
 /// Most idle passthrough backing files kept registered with the kernel.
 pub(crate) const MAX_IDLE_BACKINGS: usize = 4096;
@@ -25,15 +26,35 @@ pub(crate) const MAX_IDLE_BACKINGS: usize = 4096;
 pub(crate) enum Refused {
     /// The kernel refused the backing file: serve this open (and the next
     /// ones) with `pread`.
-    UsePread(ReplyOpen),
+    UsePread,
     /// The layer file could not be opened.
-    Failed(ReplyOpen, std::io::Error),
+    Failed(std::io::Error),
+}
+
+/// A layer file registered with the kernel as a passthrough backing file;
+/// unregistered when dropped.
+pub(crate) struct Backing {
+    id: u32,
+    device: Arc<OwnedFd>,
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        // Fails harmlessly once the connection is gone (the kernel dropped
+        // its backing files with it).
+        if let Err(e) = sys::close_backing(self.device.as_fd(), self.id) {
+            tracing::debug!(id = self.id, error = %e, "closing a backing file");
+        }
+    }
 }
 
 /// The passthrough state of a view.
 pub(crate) struct Passthrough {
     /// The kernel agreed to passthrough at init.
-    enabled: bool,
+    enabled: AtomicBool,
+    /// The connection's `/dev/fuse` descriptor, which backing files are
+    /// registered with (set once the session is up).
+    device: OnceLock<Arc<OwnedFd>>,
     /// The kernel refused a backing file once: every open uses `pread` since.
     refused: AtomicBool,
     /// Files without open handles whose backing file stays registered.
@@ -45,48 +66,53 @@ impl Passthrough {
     pub fn new() -> Passthrough {
         let cap = NonZeroUsize::new(MAX_IDLE_BACKINGS).expect("a positive cap");
         Passthrough {
-            enabled: false,
+            enabled: AtomicBool::new(false),
+            device: OnceLock::new(),
             refused: AtomicBool::new(false),
             idle: IdleSet::new(cap),
         }
     }
 
     /// Turns passthrough on (the kernel agreed to it at init).
-    pub fn enable(&mut self) {
-        self.enabled = true;
+    pub fn enable(&self) {
+        self.enabled.store(true, Ordering::Relaxed);
+    }
+
+    /// Backing files are registered with `device`, the connection's
+    /// `/dev/fuse` descriptor. Until it is set, opens use `pread`.
+    pub fn set_device(&self, device: Arc<OwnedFd>) {
+        let _ = self.device.set(device);
     }
 
     /// True while opens should try passthrough.
     pub fn is_on(&self) -> bool {
-        self.enabled && !self.refused.load(Ordering::Relaxed)
+        self.enabled.load(Ordering::Relaxed) && !self.refused.load(Ordering::Relaxed)
     }
 
     /// Opens `node` with its backing file, registering one (opened by `open`)
-    /// when it has none.
+    /// when it has none; the backing file's id for the reply.
     pub fn open(
         &self,
         node: &Node,
         open: impl FnOnce() -> std::io::Result<File>,
-        reply: ReplyOpen,
-    ) -> Result<(), Refused> {
+    ) -> Result<u32, Refused> {
+        let Some(device) = self.device.get() else {
+            return Err(Refused::UsePread);
+        };
         let mut backing = node.backing.lock().expect("backing lock");
-        if let Some((id, count)) = backing.as_mut() {
+        if let Some((registered, count)) = backing.as_mut() {
             if *count == 0 {
                 self.idle.busy(&node.attr.ino.0);
             }
             *count += 1;
-            reply.opened_passthrough(FileHandle(0), FopenFlags::FOPEN_NOFLUSH, id);
-            return Ok(());
+            return Ok(registered.id);
         }
-        let file = match open() {
-            Ok(file) => file,
-            Err(e) => return Err(Refused::Failed(reply, e)),
-        };
-        match reply.open_backing(&file) {
+        let file = open().map_err(Refused::Failed)?;
+        match fuser::BackingId::create_raw(device.as_fd(), &file) {
             Ok(id) => {
-                reply.opened_passthrough(FileHandle(0), FopenFlags::FOPEN_NOFLUSH, &id);
-                *backing = Some((id, 1));
-                Ok(())
+                let device = device.clone();
+                *backing = Some((Backing { id, device }, 1));
+                Ok(id)
             }
             Err(e) => {
                 if !self.refused.swap(true, Ordering::Relaxed) {
@@ -96,7 +122,7 @@ impl Passthrough {
                         "FUSE passthrough refused for a backing file; serving such files with pread"
                     );
                 }
-                Err(Refused::UsePread(reply))
+                Err(Refused::UsePread)
             }
         }
     }

@@ -8,9 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use fuser::{FileHandle, FopenFlags, ReplyOpen};
-
-use super::viewfs::io_errno;
+use fuser::FileHandle;
 
 /// Opens a layer file for reading, keeping the layer's atimes as the image
 /// has them when allowed (`O_NOATIME` needs the file's owner or root).
@@ -42,15 +40,9 @@ impl PreadFiles {
         }
     }
 
-    /// Opens the layer file at `path` and answers `reply` with its new handle.
-    pub fn open(&self, path: &Path, reply: ReplyOpen) {
-        match open_layer_file(path) {
-            Ok(file) => reply.opened(
-                self.insert(file),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-            ),
-            Err(e) => reply.error(io_errno(e)),
-        }
+    /// Opens the layer file at `path` under a new handle.
+    pub fn open(&self, path: &Path) -> std::io::Result<FileHandle> {
+        open_layer_file(path).map(|file| self.insert(file))
     }
 
     /// Keeps `file` under a new handle.

@@ -5,10 +5,10 @@
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fuser::{Errno, INodeNo};
+use fuser::{Errno, INodeNo, InitFlags, KernelConfig};
 
 use super::inodes::{DirEntry, Inodes, Node, file_type};
 use super::passthrough::Passthrough;
@@ -19,7 +19,7 @@ use crate::layers::{LayerIdx, LayerStack, Resolved, xattr};
 use crate::policy::Policy;
 use crate::profile::{ABSENT_PER_DIRECTORY, AccessKind, RecorderHandle};
 
-/// A view as its FUSE operations serve it ([`super::fuse`] has them).
+/// A view as its request handlers serve it ([`super::ops`] has them).
 pub(crate) struct ViewFs {
     pub(super) stack: LayerStack,
     recorder: Option<RecorderHandle>,
@@ -36,10 +36,21 @@ pub(crate) struct ViewFs {
     pub(super) namelen: u64,
     /// Requests served, by opcode.
     pub(super) requests: Arc<RequestStats>,
+    /// Whether to ask for FUSE over io_uring at INIT: `Some(required)` when
+    /// its rings are ready.
+    ring_wanted: Option<bool>,
+    /// The kernel agreed to FUSE over io_uring.
+    ring_agreed: AtomicBool,
 }
 
 impl ViewFs {
-    pub(crate) fn new(view: View, opts: &ViewOptions) -> std::io::Result<ViewFs> {
+    /// A view of `view`; `ring_wanted` is `Some(required)` when rings for
+    /// FUSE over io_uring are ready.
+    pub(crate) fn new(
+        view: View,
+        opts: &ViewOptions,
+        ring_wanted: Option<bool>,
+    ) -> std::io::Result<ViewFs> {
         let inodes = Inodes::new(view.stack.resolve_root()?);
         let mut namelen = 255;
         for i in 0..view.stack.len() {
@@ -57,7 +68,65 @@ impl ViewFs {
             read_mode: opts.read_mode,
             namelen,
             requests: view.requests,
+            ring_wanted,
+            ring_agreed: AtomicBool::new(false),
         })
+    }
+
+    /// Settles the connection at INIT: capabilities, passthrough, and FUSE
+    /// over io_uring when wanted (an error when required and not offered).
+    pub(crate) fn negotiate(&self, config: &mut KernelConfig) -> std::io::Result<()> {
+        // No READDIRPLUS: attributes handed over with a listing would let the
+        // kernel answer a later stat of a child without a LOOKUP, and that
+        // access would be missing from the profile (Python stats a module's
+        // source next to its cached bytecode, and needs it kept).
+        for flag in [
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_SPLICE_READ,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        let _ = config.set_max_background(64);
+        let offered = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
+        if self.read_mode == ReadMode::Auto
+            && offered
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.enable();
+        }
+        if self.passthrough.is_on() {
+            tracing::info!("file reads use FUSE passthrough");
+        } else if self.read_mode == ReadMode::Pread {
+            tracing::info!("file reads use pread (passthrough turned off)");
+        } else {
+            tracing::info!("kernel offers no FUSE passthrough; file reads use pread");
+        }
+        if let Some(required) = self.ring_wanted {
+            let agreed = config
+                .capabilities()
+                .contains(InitFlags::FUSE_OVER_IO_URING)
+                && config
+                    .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                    .is_ok()
+                && config.set_max_write(super::uring::MAX_WRITE).is_ok();
+            if agreed {
+                self.ring_agreed.store(true, Ordering::Relaxed);
+            } else if required {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    super::transport::NOT_OFFERED,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the kernel agreed to FUSE over io_uring at INIT.
+    pub(crate) fn ring_agreed(&self) -> bool {
+        self.ring_agreed.load(Ordering::Relaxed)
     }
 
     /// The count of live nodes, kept up to date while the view serves.

@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub threads: usize,
     /// FUSE passthrough when the kernel has it.
     pub passthrough: bool,
+    /// How requests travel between the kernel and a view.
+    pub transport: pare_fs::view::Transport,
     /// Profile flush interval.
     pub flush: Duration,
     /// Log filter handed to servers.
@@ -77,6 +79,8 @@ impl ProcessMounter {
             .arg(spec.key.mode.name())
             .arg("--threads")
             .arg(c.threads.to_string())
+            .arg("--transport")
+            .arg(c.transport.to_string())
             .arg("--flush-ms")
             .arg(c.flush.as_millis().to_string())
             .arg("--log-level")

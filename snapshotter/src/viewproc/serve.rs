@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Serve reads with pread instead of FUSE passthrough.
     #[arg(long)]
     pub no_passthrough: bool,
+    /// How requests travel between the kernel and the view.
+    #[arg(long, default_value_t = pare_fs::view::Transport::Auto)]
+    pub transport: pare_fs::view::Transport,
     /// Write the stats file every second (the snapshotter serves metrics).
     #[arg(long)]
     pub stats: bool,
@@ -344,6 +347,7 @@ fn start(args: &ServeArgs) -> Result<Started, ServeError> {
     };
     let mut options = ViewOptions {
         threads: args.threads.max(1),
+        transport: args.transport,
         ..ViewOptions::default()
     };
     if args.no_passthrough {

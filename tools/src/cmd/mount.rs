@@ -9,7 +9,7 @@ use clap::Args;
 use pare_fs::layers::LayerStack;
 use pare_fs::policy::{self, AllowedSet, Misses, MissesWriter, Mode, Policy};
 use pare_fs::profile::Recorder;
-use pare_fs::view::{self, ReadMode, View, ViewOptions};
+use pare_fs::view::{self, ReadMode, Transport, View, ViewOptions};
 
 /// Mount a read-only merged view of layer directories and record first accesses.
 ///
@@ -33,6 +33,11 @@ pub struct MountArgs {
     /// Serve file reads with pread even where the kernel offers FUSE passthrough.
     #[arg(long)]
     no_passthrough: bool,
+    /// How requests travel between the kernel and the view: io-uring (FUSE
+    /// over io_uring, Linux 6.14+ with the fuse module's enable_uring on),
+    /// dev-fuse, or auto (io-uring when the kernel offers it).
+    #[arg(long, default_value_t = Transport::Auto)]
+    transport: Transport,
     /// How often the profile is flushed, in milliseconds.
     #[arg(long, default_value_t = 10)]
     flush_ms: u64,
@@ -79,6 +84,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     if args.no_passthrough {
         opts.read_mode = ReadMode::Pread;
     }
+    opts.transport = args.transport;
     let mut misses_writer = None;
     if let Some((policy, misses, claim)) = policy {
         let path = claim.path().to_path_buf();
