@@ -41,6 +41,14 @@ modprobe fuse 2>/dev/null || true
 modprobe overlay 2>/dev/null || true
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing after modprobe fuse" >&2; exit 1; }
 grep -qw overlay /proc/filesystems || { echo "setup: the kernel has no overlay file system" >&2; exit 1; }
+# FUSE over io_uring (Linux 6.14+) is offered only while this host-wide switch
+# is on: tests and benches run views over both transports, so turn it on
+# where the kernel has it. In production it is the operator's choice (README).
+if [ -e /sys/module/fuse/parameters/enable_uring ]; then
+  echo Y > /sys/module/fuse/parameters/enable_uring
+else
+  echo "setup: this kernel has no FUSE over io_uring; views serve over /dev/fuse" >&2
+fi
 
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo is not installed (pare builds with the machine's Rust toolchain)" >&2

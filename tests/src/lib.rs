@@ -16,4 +16,5 @@ pub mod poll;
 pub mod prereq;
 pub mod snapshotter;
 pub mod story;
+pub mod transport;
 pub mod walk;

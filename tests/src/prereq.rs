@@ -15,6 +15,9 @@ pub enum Need {
     Overlay,
     /// A command on `PATH` (e.g. `fuse-overlayfs`, `containerd`).
     Command(&'static str),
+    /// FUSE over io_uring offered by the kernel (`make setup` switches the
+    /// fuse module's `enable_uring` on).
+    FuseUring,
 }
 
 fn missing(need: Need) -> Option<String> {
@@ -27,6 +30,7 @@ fn missing(need: Need) -> Option<String> {
                 .then(|| "the kernel has no overlay file system".into())
         }
         Need::Command(cmd) if which(cmd).is_none() => Some(format!("{cmd} is not installed")),
+        Need::FuseUring => pare_fs::view::uring_offered().err(),
         _ => None,
     }
 }

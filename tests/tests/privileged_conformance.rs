@@ -1,7 +1,8 @@
 //! The view equals kernel overlayfs (the oracle): the fixture stack is mounted
 //! both ways and the two walks must agree on every path and field, with reads
-//! served by FUSE passthrough and by pread. Expectations on known paths are
-//! also checked on both mounts so that the comparison cannot pass vacuously.
+//! served by FUSE passthrough and by pread, and requests carried over
+//! io_uring and over `/dev/fuse`. Expectations on known paths are also
+//! checked on both mounts so that the comparison cannot pass vacuously.
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
@@ -12,6 +13,7 @@ use pare_fs::mountinfo;
 use pare_tests::fixture::{self, CAP_NET_BIND_SERVICE_EP, DEPTH, Fixture, MANY};
 use pare_tests::mounts::{Mount, PareMount, Scratch};
 use pare_tests::prereq::{Need, privileged};
+use pare_tests::transport::Via;
 use pare_tests::walk::{self, Tree};
 
 const NEEDS: &[Need] = &[
@@ -129,11 +131,13 @@ impl Reads {
     }
 }
 
-fn conformance(test: &str, reads: Reads) -> Result<()> {
-    if !privileged(test, NEEDS) {
+fn conformance(test: &str, reads: Reads, via: Via) -> Result<()> {
+    if !privileged(test, NEEDS) || !privileged(test, via.needs()) {
         return Ok(());
     }
-    let mounted = Mounted::new(Scratch::new()?, fixture::conformance_stack, reads.args())?;
+    let mut args = reads.args().to_vec();
+    args.extend(via.args());
+    let mounted = Mounted::new(Scratch::new()?, fixture::conformance_stack, &args)?;
     let (ovl_root, pare_root) = (mounted.overlay.path(), mounted.pare.path());
 
     let overlay = walk::walk(ovl_root)?;
@@ -161,12 +165,17 @@ fn conformance(test: &str, reads: Reads) -> Result<()> {
     assert_same(&overlay, &walk::walk(pare_root)?);
     let log = mounted.finish()?;
     reads.check(test, &log);
+    via.check(&log);
     Ok(())
 }
 
 #[test]
 fn privileged_view_equals_overlayfs() -> Result<()> {
-    conformance("privileged_view_equals_overlayfs", Reads::Passthrough)
+    conformance(
+        "privileged_view_equals_overlayfs",
+        Reads::Passthrough,
+        Via::IoUring,
+    )
 }
 
 #[test]
@@ -174,6 +183,25 @@ fn privileged_view_equals_overlayfs_without_passthrough() -> Result<()> {
     conformance(
         "privileged_view_equals_overlayfs_without_passthrough",
         Reads::Pread,
+        Via::IoUring,
+    )
+}
+
+#[test]
+fn privileged_view_equals_overlayfs_over_dev_fuse() -> Result<()> {
+    conformance(
+        "privileged_view_equals_overlayfs_over_dev_fuse",
+        Reads::Passthrough,
+        Via::DevFuse,
+    )
+}
+
+#[test]
+fn privileged_view_equals_overlayfs_without_passthrough_over_dev_fuse() -> Result<()> {
+    conformance(
+        "privileged_view_equals_overlayfs_without_passthrough_over_dev_fuse",
+        Reads::Pread,
+        Via::DevFuse,
     )
 }
 

@@ -10,6 +10,7 @@ use pare_fs::profile::{self, AccessKind};
 use pare_tests::mounts::PareMount;
 use pare_tests::poll::eventually;
 use pare_tests::prereq::{Need, pare_bin, privileged};
+use pare_tests::transport::Via;
 
 const NEEDS: &[Need] = &[Need::Root, Need::Fuse];
 
@@ -36,16 +37,12 @@ fn image(root: &Path) -> (PathBuf, PathBuf) {
     (top, base)
 }
 
-fn start(top: &Path, base: &Path, mnt: &Path, journal: &Path) -> PareMount {
+fn start(top: &Path, base: &Path, mnt: &Path, journal: &Path, via: Via) -> PareMount {
     let journal = journal.to_str().unwrap();
     let log = mnt.with_extension("log");
-    PareMount::start(
-        &[top.to_path_buf(), base.to_path_buf()],
-        mnt,
-        &["--profile", journal],
-        &log,
-    )
-    .unwrap()
+    let mut args = vec!["--profile", journal, "--log-level", "info"];
+    args.extend(via.args());
+    PareMount::start(&[top.to_path_buf(), base.to_path_buf()], mnt, &args, &log).unwrap()
 }
 
 fn entries(profile: &Path) -> Vec<(String, Vec<AccessKind>)> {
@@ -59,10 +56,22 @@ fn entries(profile: &Path) -> Vec<(String, Vec<AccessKind>)> {
 
 #[test]
 fn privileged_scripted_accesses_give_exactly_the_expected_journal() {
-    if !privileged(
+    scripted_accesses(
         "privileged_scripted_accesses_give_exactly_the_expected_journal",
-        NEEDS,
-    ) {
+        Via::IoUring,
+    );
+}
+
+#[test]
+fn privileged_scripted_accesses_give_exactly_the_expected_journal_over_dev_fuse() {
+    scripted_accesses(
+        "privileged_scripted_accesses_give_exactly_the_expected_journal_over_dev_fuse",
+        Via::DevFuse,
+    );
+}
+
+fn scripted_accesses(test: &str, via: Via) {
+    if !privileged(test, NEEDS) || !privileged(test, via.needs()) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -70,7 +79,7 @@ fn privileged_scripted_accesses_give_exactly_the_expected_journal() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let journal = tmp.path().join("profile");
-    let view = start(&top, &base, &mnt, &journal);
+    let view = start(&top, &base, &mnt, &journal, via);
 
     std::fs::metadata(mnt.join("etc/passwd")).unwrap(); // stat: lookups along the path
     std::fs::read(mnt.join("etc/passwd")).unwrap(); // read
@@ -87,6 +96,7 @@ fn privileged_scripted_accesses_give_exactly_the_expected_journal() {
     // (a std DirEntry keeps its directory open: count, don't keep them)
     assert_eq!(std::fs::read_dir(mnt.join("data")).unwrap().count(), 2);
     view.finish().unwrap();
+    via.check(&std::fs::read_to_string(mnt.with_extension("log")).unwrap());
 
     use AccessKind::*;
     let want: Vec<(String, Vec<AccessKind>)> = vec![
@@ -127,10 +137,22 @@ fn privileged_scripted_accesses_give_exactly_the_expected_journal() {
 
 #[test]
 fn privileged_sigkill_mid_run_leaves_a_readable_journal() {
-    if !privileged(
+    sigkill_mid_run(
         "privileged_sigkill_mid_run_leaves_a_readable_journal",
-        NEEDS,
-    ) {
+        Via::IoUring,
+    );
+}
+
+#[test]
+fn privileged_sigkill_mid_run_leaves_a_readable_journal_over_dev_fuse() {
+    sigkill_mid_run(
+        "privileged_sigkill_mid_run_leaves_a_readable_journal_over_dev_fuse",
+        Via::DevFuse,
+    );
+}
+
+fn sigkill_mid_run(test: &str, via: Via) {
+    if !privileged(test, NEEDS) || !privileged(test, via.needs()) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -143,7 +165,7 @@ fn privileged_sigkill_mid_run_leaves_a_readable_journal() {
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let journal = tmp.path().join("profile");
-    let view = start(&top, &base, &mnt, &journal);
+    let view = start(&top, &base, &mnt, &journal, via);
 
     // An access journaled before the kill must survive it (the recorder
     // flushes every 100 ms): wait until it is on disk.
