@@ -19,20 +19,40 @@ pub enum Kind {
     Overlayfs,
     /// fuse-overlayfs, the usual FUSE overlay.
     FuseOverlayfs,
-    /// `pare mount`, profiling every first access.
+    /// `pare mount`, profiling every first access, requests over io_uring.
     Pare,
+    /// The same over `/dev/fuse`.
+    PareDevFuse,
 }
 
 impl Kind {
     /// All kinds, in the order runs are interleaved and printed.
-    pub const ALL: [Kind; 3] = [Kind::Overlayfs, Kind::FuseOverlayfs, Kind::Pare];
+    pub const ALL: [Kind; 4] = [
+        Kind::Overlayfs,
+        Kind::FuseOverlayfs,
+        Kind::Pare,
+        Kind::PareDevFuse,
+    ];
 
-    /// The name in tables and JSON.
+    /// The two pare kinds.
+    pub const PARE: [Kind; 2] = [Kind::Pare, Kind::PareDevFuse];
+
+    /// The name in tables and JSON (and of the mount point).
     pub fn name(self) -> &'static str {
         match self {
             Kind::Overlayfs => "overlayfs",
             Kind::FuseOverlayfs => "fuse-overlayfs",
             Kind::Pare => "pare",
+            Kind::PareDevFuse => "pare-dev-fuse",
+        }
+    }
+
+    /// The `pare mount --transport` of a pare kind.
+    pub fn transport(self) -> Option<&'static str> {
+        match self {
+            Kind::Pare => Some("io-uring"),
+            Kind::PareDevFuse => Some("dev-fuse"),
+            Kind::Overlayfs | Kind::FuseOverlayfs => None,
         }
     }
 }
@@ -77,14 +97,18 @@ impl Mount {
                 .arg("-o")
                 .arg(format!("ro,lowerdir={lowerdirs}"))
                 .arg(dir))?,
-            Kind::Pare => {
-                let (log, profile) = (scratch.join("pare.log"), scratch.join("pare.profile"));
+            Kind::Pare | Kind::PareDevFuse => {
+                let name = kind.name();
+                let log = scratch.join(format!("{name}.log"));
+                let profile = scratch.join(format!("{name}.profile"));
                 let _ = fs::remove_file(&profile);
                 let child = Command::new(&pare.binary)
                     .env("NO_COLOR", "1")
                     .arg("mount")
                     .arg("--profile")
                     .arg(&profile)
+                    .arg("--transport")
+                    .args(kind.transport())
                     .args(&pare.args)
                     .arg(lowerdirs)
                     .arg(dir)
