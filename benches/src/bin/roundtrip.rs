@@ -58,6 +58,7 @@ impl Drop for Scratch {
             let _ = fs::remove_dir(self.0.join(kind.name()));
         }
         let _ = fs::remove_dir_all(self.0.join("layer"));
+        let _ = fs::remove_dir(self.0.join("base"));
         for entry in fs::read_dir(&self.0).into_iter().flatten().flatten() {
             let _ = fs::remove_file(entry.path());
         }
@@ -98,7 +99,10 @@ fn bench(args: Args) -> anyhow::Result<()> {
     }
     fs::write(layer.join("file"), vec![7u8; 4096])?;
 
-    let lowerdirs = layer.display().to_string();
+    // Read-only overlayfs wants two lower layers: an empty one below.
+    let base = scratch.0.join("base");
+    fs::create_dir_all(&base)?;
+    let lowerdirs = format!("{}:{}", layer.display(), base.display());
     let mut mounts = Vec::new();
     for kind in KINDS {
         let dir = scratch.0.join(kind.name());
