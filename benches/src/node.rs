@@ -18,17 +18,27 @@ pub enum Snapshotter {
     Overlayfs,
     /// pare-snapshotter, every container on the profiling view.
     Pare,
+    /// A second pare-snapshotter whose images settle after one container
+    /// without growth and are never sampled (`--settle-after 1
+    /// --sample-rate 0`): once an image has run there, its containers get a
+    /// plain overlay of its layers.
+    PareSettled,
 }
 
 impl Snapshotter {
-    /// Both, in the order runs are interleaved and printed.
-    pub const ALL: [Snapshotter; 2] = [Snapshotter::Overlayfs, Snapshotter::Pare];
+    /// All, in the order runs are interleaved and printed.
+    pub const ALL: [Snapshotter; 3] = [
+        Snapshotter::Overlayfs,
+        Snapshotter::Pare,
+        Snapshotter::PareSettled,
+    ];
 
     /// The name containerd knows it by (`--snapshotter`).
     pub fn name(self) -> &'static str {
         match self {
             Snapshotter::Overlayfs => "overlayfs",
             Snapshotter::Pare => "pare",
+            Snapshotter::PareSettled => "pare-settled",
         }
     }
 }
@@ -43,6 +53,10 @@ pub struct Backend {
     pub pare: usize,
     /// Mounted pare views.
     pub views: usize,
+    /// Snapshot directories of the settling pare-snapshotter.
+    pub settled: usize,
+    /// Its mounted views.
+    pub settled_views: usize,
 }
 
 /// pare-snapshotter and containerd, stopped in that reverse order on drop.
@@ -50,6 +64,7 @@ pub struct Node {
     // Fields drop in this order: containers first, then their views, then files.
     containerd: Containerd,
     pare: PareSnapshotter,
+    settled: PareSnapshotter,
     _scratch: Scratch,
 }
 
@@ -59,11 +74,21 @@ impl Node {
     pub fn start(pare_bin: &Path) -> anyhow::Result<Node> {
         let scratch = Scratch::create()?;
         let pare = PareSnapshotter::start_with(&scratch.0.join("pare"), pare_bin)?;
-        let containerd =
-            Containerd::start(&scratch.0.join("containerd"), &pare.containerd_config())?;
+        let settled = PareSnapshotter::start_with_args(
+            &scratch.0.join("pare-settled"),
+            pare_bin,
+            &["--settle-after", "1", "--sample-rate", "0"],
+        )?;
+        let config = format!(
+            "[proxy_plugins]\n{}{}",
+            pare.proxy_plugin(Snapshotter::Pare.name()),
+            settled.proxy_plugin(Snapshotter::PareSettled.name())
+        );
+        let containerd = Containerd::start(&scratch.0.join("containerd"), &config)?;
         Ok(Node {
             containerd,
             pare,
+            settled,
             _scratch: scratch,
         })
     }
@@ -133,10 +158,24 @@ impl Node {
         self.pare.log_text()
     }
 
+    /// The settling pare-snapshotter's state directory.
+    pub fn settled_root(&self) -> &Path {
+        self.settled.root()
+    }
+
+    /// The settling pare-snapshotter's log so far.
+    pub fn settled_log(&self) -> String {
+        self.settled.log_text()
+    }
+
     /// Copies the logs of pare-snapshotter and containerd into `dir`.
     pub fn save_logs(&self, dir: &Path) -> anyhow::Result<()> {
         fs::create_dir_all(dir)?;
         fs::copy(self.pare.log_path(), dir.join("pare-snapshotter.log"))?;
+        fs::copy(
+            self.settled.log_path(),
+            dir.join("pare-snapshotter-settled.log"),
+        )?;
         fs::write(dir.join("containerd.log"), self.containerd.log_text())?;
         Ok(())
     }
@@ -152,6 +191,8 @@ impl Node {
             ),
             pare: entries(self.pare.root().join("snapshots")),
             views: self.pare.mounted_views().len(),
+            settled: entries(self.settled.root().join("snapshots")),
+            settled_views: self.settled.mounted_views().len(),
         }
     }
 

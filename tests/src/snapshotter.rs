@@ -111,8 +111,14 @@ impl PareSnapshotter {
 
     /// The `[proxy_plugins.pare]` table for containerd's config.
     pub fn containerd_config(&self) -> String {
+        format!("[proxy_plugins]\n{}", self.proxy_plugin("pare"))
+    }
+
+    /// This snapshotter as containerd's proxy plugin `name`: the table that
+    /// goes under `[proxy_plugins]`.
+    pub fn proxy_plugin(&self, name: &str) -> String {
         format!(
-            "[proxy_plugins]\n  [proxy_plugins.pare]\n    type = \"snapshot\"\n    address = \"{}\"\n",
+            "  [proxy_plugins.{name}]\n    type = \"snapshot\"\n    address = \"{}\"\n",
             self.socket.display()
         )
     }

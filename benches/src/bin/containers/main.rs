@@ -3,7 +3,9 @@
 //! private containerd that has both; pare in each of learn, audit and enforce
 //! mode, on variants of the images that differ only by a tiny top layer (a
 //! mode is set per image chain), profiled in learn by one untimed run each
-//! before their modes are set.
+//! before their modes are set; and a second pare-snapshotter on which the
+//! images are settled (one untimed run each settles them there), so its
+//! containers get a plain overlay.
 //!
 //! Cold runs drop the kernel caches first and start with no pare view mounted
 //! (the run mounts it); warm runs repeat on a warm page cache (each still
@@ -81,6 +83,9 @@ struct Bench {
     view_mounts: BTreeMap<(State, Column), usize>,
     /// Misses journaled after all runs, per image and judged column.
     misses: BTreeMap<(BenchImage, Column), usize>,
+    /// Views the settling snapshotter mounted while its images learned,
+    /// before they settled (none may follow).
+    settled_views: usize,
 }
 
 impl Bench {
@@ -145,7 +150,54 @@ impl Bench {
                 eprintln!("{}", said.trim());
             }
         }
+        self.settle_images()
+    }
+
+    /// Runs each workload once on the settling snapshotter, which settles
+    /// its images (one container without growth), and checks that they are.
+    fn settle_images(&mut self) -> anyhow::Result<()> {
+        for w in Workload::CONTAINERS {
+            eprintln!(
+                "settling {} on pare-settled",
+                w.image().reference(Mode::Learn)
+            );
+            self.run((w, State::Warm, Column::Settled), false)?;
+        }
+        self.node.settle(self.baseline, SETTLE_TIMEOUT)?;
+        // The count is written as the snapshot goes: poll briefly.
+        let root = self.node.settled_root().to_path_buf();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = std::process::Command::new(&self.pare)
+                .args(["profile", "list", "--json", "--root"])
+                .arg(&root)
+                .output()?;
+            ensure!(out.status.success(), "pare profile list failed: {out:?}");
+            let listed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let profiles = listed
+                .as_array()
+                .context("pare profile list --json: no array")?;
+            let settled = profiles.iter().filter(|p| p["state"] == "settled").count();
+            if settled == Workload::CONTAINERS.len() && profiles.len() == settled {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the images did not settle on pare-settled: {listed}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.settled_views = self.settled_view_mounts();
         Ok(())
+    }
+
+    /// Views the settling snapshotter has mounted so far (from its log).
+    fn settled_view_mounts(&self) -> usize {
+        self.node
+            .settled_log()
+            .lines()
+            .filter(|l| l.contains("view mounted") && l.contains("profiled"))
+            .count()
     }
 
     /// Runs `state` for every workload and column: `warm_up` untimed runs
@@ -244,8 +296,8 @@ impl Bench {
     }
 
     /// The ratios reported per row, with their targets: pare/overlayfs,
-    /// audit/learn, enforce/learn.
-    fn ratios(&self, w: Workload, state: State) -> [Ratio; 3] {
+    /// audit/learn, enforce/learn, settled/overlayfs.
+    fn ratios(&self, w: Workload, state: State) -> [Ratio; 4] {
         let judged = state.judged_target().filter(|_| w.has_target());
         [
             Ratio {
@@ -265,6 +317,12 @@ impl Bench {
                 heading: "enforce/learn",
                 value: self.ratio(w, state, Column::Enforce, Column::Learn),
                 target: judged,
+            },
+            Ratio {
+                key: "settled_vs_overlayfs",
+                heading: "settled/overlayfs",
+                value: self.ratio(w, state, Column::Settled, Column::Overlayfs),
+                target: w.has_target().then_some(state.settled_target()),
             },
         ]
     }
@@ -301,7 +359,7 @@ fn import(node: &Node, archives: &Archives, interrupt: &Interrupt) -> anyhow::Re
         for mode in MODES {
             let archive = archives.archive(image, mode);
             for s in Snapshotter::ALL {
-                if s == Snapshotter::Overlayfs && mode != Mode::Learn {
+                if s != Snapshotter::Pare && mode != Mode::Learn {
                     continue;
                 }
                 interrupt.check()?;
@@ -348,12 +406,19 @@ fn bench(args: Args) -> anyhow::Result<()> {
         outputs: BTreeMap::new(),
         view_mounts: BTreeMap::new(),
         misses: BTreeMap::new(),
+        settled_views: 0,
     };
     bench.profile()?;
     bench.phase(State::Cold, 0, args.runs)?;
     bench.phase(State::Warm, 1, args.warm_runs)?;
     bench.in_use_phase(args.warm_runs)?;
     bench.count_misses()?;
+    let settled_views = bench.settled_view_mounts();
+    ensure!(
+        settled_views == bench.settled_views,
+        "pare-settled mounted {} views after its images settled",
+        settled_views - bench.settled_views
+    );
     if let Some(dir) = &args.keep_logs {
         bench.node.save_logs(dir)?;
     }
